@@ -1,0 +1,1 @@
+"""Backends: one package per framework, each implementing trainbench.backend.Backend."""
