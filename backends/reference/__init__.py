@@ -1,0 +1,1 @@
+"""The NumPy reference backend: trainbench's ground truth, runnable anywhere Python is."""

@@ -1,0 +1,160 @@
+"""One benchmark run from a validated RunConfig: check everything, train, measure, write the record.
+
+Everything that can be checked is checked before any work starts (`prepare`), so a bad value
+costs nothing and never touches a record already written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import functools
+import hashlib
+import json
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainbench import config as config_lib
+from trainbench import data, env, flops, hardware, metrics, model, registry, results
+from trainbench.backend import Backend
+from trainbench.config import RunConfig
+from trainbench.errors import ConfigError
+from trainbench.loop import run_loop
+
+
+@dataclass
+class Plan:
+    """A run that passed every check: what to build and where its record goes."""
+
+    cfg: RunConfig
+    model_name: str
+    backend_name: str
+    backend_cls: type[Backend]
+    source: data.SyntheticTokens | data.TokenFile
+    run_id: str
+
+
+def config_dict(cfg: RunConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def run_id(cfg: RunConfig, model_name: str, backend_name: str) -> str:
+    """Readable and stable: the same resolved config always gets the same id."""
+    payload = config_dict(cfg)
+    payload.pop("results_dir")
+    digest = hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:8]
+    t = cfg.train
+    return (f"{backend_name}_{model_name}_b{t.batch_size}_s{t.seq_len}_{cfg.precision.name}"
+            f"_{digest}")
+
+
+def prepare(cfg: RunConfig, model_name: str) -> Plan:
+    """Validate the config, resolve and check the backend, open the data; raise ConfigError."""
+    config_lib.validate(cfg)
+    requested = cfg.backend.name
+    backend_name = registry.resolve_auto() if requested == "auto" else requested
+    backend_cls = registry.get(backend_name)
+    if requested == "auto":
+        cfg.backend = backend_cls.config_class(name=backend_name)
+    available = backend_cls.availability()
+    if not available.ok:
+        raise ConfigError(f"backend={backend_name} cannot run here: {available.reason}")
+    if cfg.precision.name not in backend_cls.precisions:
+        raise ConfigError(f"backend={backend_name} does not support precision="
+                          f"{cfg.precision.name}; it supports: " + ", ".join(backend_cls.precisions))
+    t = cfg.train
+    source = data.make_source(cfg.data.path, cfg.data.dtype, cfg.model.vocab, t.batch_size,
+                              t.seq_len, cfg.seed)
+    return Plan(cfg, model_name, backend_name, backend_cls, source,
+                run_id(cfg, model_name, backend_name))
+
+
+@functools.cache
+def _cpu_peak(dtype: str) -> hardware.PeakInfo:
+    return hardware.measure_cpu_matmul_peak(dtype)
+
+
+def device_peak(device: Any, compute_dtype: str) -> hardware.PeakInfo:
+    """Datasheet peak of the device, or on the CPU a measured matmul peak."""
+    if device.kind == "cpu":
+        return _cpu_peak(compute_dtype)
+    return hardware.resolve_peak(device.name, config_lib.PEAK_DTYPE[compute_dtype])
+
+
+def _base_record(plan: Plan) -> dict[str, Any]:
+    cfg = plan.cfg
+    return {
+        "schema": results.SCHEMA,
+        "run_id": plan.run_id,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "status": "failed",
+        "cause": None,
+        "backend": plan.backend_name,
+        "model": plan.model_name,
+        "precision": cfg.precision.name,
+        "batch_size": cfg.train.batch_size,
+        "seq_len": cfg.train.seq_len,
+        "params": model.count_params(cfg.model),
+        "config": config_dict(cfg),
+    }
+
+
+def execute(plan: Plan) -> tuple[dict[str, Any], Path]:
+    """Train and measure; always writes a record (status ok, diverged or failed with cause)."""
+    cfg, t = plan.cfg, plan.cfg.train
+    record = _base_record(plan)
+    record["environment"] = env.fingerprint(plan.backend_cls.versions())
+    try:
+        backend = plan.backend_cls(cfg.backend, cfg.model, cfg.precision, cfg.optim,
+                                   total_steps=t.warmup_steps + t.steps)
+        device = backend.device()
+        record["device"] = {"name": device.name, "kind": device.kind, "count": device.count,
+                            **device.extra}
+        params = model.init_params(cfg.model, cfg.seed)
+        loop = run_loop(backend, params, plan.source.batch, t.warmup_steps, t.steps)
+        record.update(_measurements(cfg, backend, device, loop))
+    except Exception as err:  # a crash in one run is recorded, not raised: sweeps go on
+        record["status"] = "failed"
+        record["cause"] = f"{type(err).__name__}: {err}"
+        record["traceback"] = traceback.format_exc()
+    path = results.write_record(record, cfg.results_dir, plan.run_id)
+    return record, path
+
+
+def _measurements(cfg: RunConfig, backend: Backend, device: Any, loop: Any) -> dict[str, Any]:
+    t = cfg.train
+    flop_count = flops.training_flops(cfg.model, t.batch_size, t.seq_len, t.attention_flops)
+    peak = device_peak(device, cfg.precision.compute_dtype)
+    memory, memory_kind = backend.peak_memory()
+    out: dict[str, Any] = {
+        "status": loop.status,
+        "cause": loop.cause,
+        "loss": {"per_step": loop.losses, "first": loop.losses[0] if loop.losses else None,
+                 "last": loop.losses[-1] if loop.losses else None,
+                 "warmup_steps": t.warmup_steps},
+        "times": {"setup_s": loop.setup_s, "first_step_s": loop.first_step_s,
+                  "warmup_step_s": loop.warmup_step_s, "step_s": loop.step_s},
+        "flops": {
+            "per_step": flop_count,
+            "attention": t.attention_flops,
+            "convention": flops.convention(t.attention_flops),
+            "breakdown": flops.flops_breakdown(cfg.model, t.batch_size, t.seq_len,
+                                               t.attention_flops),
+            "palm_per_step": flops.palm_flops(cfg.model, t.batch_size, t.seq_len),
+        },
+        "peak": dataclasses.asdict(peak),
+        "memory": {"peak_bytes": memory, "kind": memory_kind},
+        "units": {"step_time": "s", "tokens_per_s": "tokens/s",
+                  "model_tflops_per_device": "TFLOP/s", "mfu": "fraction of peak (0-1)",
+                  "memory": "bytes"},
+    }
+    if loop.step_s:
+        stats = metrics.step_stats(loop.step_s)
+        out["metrics"] = {
+            "step_time_s": stats,
+            **metrics.throughput(stats["median"], t.batch_size * t.seq_len, flop_count,
+                                 device.count, peak.flops_per_s),
+        }
+    return out

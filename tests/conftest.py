@@ -1,0 +1,31 @@
+"""Shared helpers for the tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `python -m trainbench ARGS` in a subprocess, as a user would run `trainbench`."""
+    env = dict(os.environ)
+    env.pop("HYDRA_FULL_ERROR", None)  # users see Hydra's short errors, so the tests do too
+    return subprocess.run([sys.executable, "-m", "trainbench", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def read_json_files(folder: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+
+
+@pytest.fixture
+def cli(tmp_path: Path):
+    """run_cli bound to a fresh working folder."""
+    return lambda *args, **kw: run_cli(*args, cwd=tmp_path, **kw)
