@@ -92,4 +92,4 @@ def test_reference_backend_loss_falls_over_a_short_run():
     r = run_loop(b, model.init_params(cfg, 0), src.batch, 1, 29, progress=False)
     assert r.status == "ok"
     assert b.export_params()["embed"].dtype == np.float64
-    assert np.mean(r.losses[-5:]) < r.losses[0] - 0.5
+    assert np.mean(r.losses[-5:]) < r.losses[0] - 0.3

@@ -104,6 +104,15 @@ class Backend(abc.ABC):
     def export_params(self) -> dict[str, np.ndarray]:
         """Current weights in the canonical mapping (float32 or the param dtype)."""
 
+    def is_primary(self) -> bool:
+        """Whether this process reports the run (rank 0 of a multi-process run writes the record)."""
+        return True
+
+    def matmul_peak(self, dtype: str) -> Any:
+        """The best matrix-product rate this backend's framework reaches on its device, as a
+        trainbench.hardware.PeakInfo (method "measured"), for MAMFU; None if it has no probe."""
+        return None
+
     def peak_memory(self) -> tuple[int | None, str]:
         """Peak memory in bytes and what it measures; (None, reason) when unknown."""
         return None, "not reported by this backend"

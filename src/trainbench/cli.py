@@ -17,6 +17,7 @@ from trainbench.errors import ConfigError
 
 EXIT_USAGE = 2
 EXIT_RUN_FAILED = 1
+EXIT_REGRESSION = 3
 
 
 def _fail(message: str) -> int:
@@ -49,30 +50,47 @@ def _run_job(cfg: Any) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from trainbench import report, results, runner
+    from trainbench import launch, report, results, runner, sweep
 
+    launch.apply_slurm_env()  # a SLURM task per device becomes a torch.distributed rank
     hc = HydraConfig.get()
-    multirun = hc.mode == RunMode.MULTIRUN
-    try:
-        run_cfg = _to_run_config(cfg)
-        plan = runner.prepare(run_cfg, _choices_model(hc.runtime.choices))
-    except ConfigError as err:
-        if not multirun:
+    if hc.mode != RunMode.MULTIRUN:
+        try:
+            plan = runner.prepare(_to_run_config(cfg), _choices_model(hc.runtime.choices))
+        except ConfigError as err:
             raise SystemExit(_fail(str(err)))
-        # In a sweep, one bad combination is recorded as failed and the sweep goes on.
+        record, path = runner.execute(plan)
+        if path is None:  # not the primary rank of a multi-process run
+            return
+        report.print_table([record])
+        print(f"record: {path}")
+        if record["status"] != "ok":
+            print(f"trainbench: run {record['status']}: {record['cause']}", file=sys.stderr)
+            raise SystemExit(EXIT_RUN_FAILED)
+        return
+
+    # A sweep: one bad run is recorded with its cause and the sweep goes on.
+    sweep_dir = hc.sweep.dir
+    try:
+        plan = runner.prepare(_to_run_config(cfg), _choices_model(hc.runtime.choices))
+    except ConfigError as err:
         name = "failed_" + "_".join(o.replace("/", "-").replace("=", "-")
                                     for o in hc.overrides.task)[:150]
         results.write_record({"schema": results.SCHEMA, "run_id": name, "status": "failed",
                               "cause": f"ConfigError: {err}", "overrides": list(hc.overrides.task)},
                              cfg.results_dir, name)
+        sweep.journal(sweep_dir, {"run_id": name, "status": "failed", "cause": str(err)})
         print(f"trainbench: run {hc.job.num} failed before starting: {err}", file=sys.stderr)
         return
-    record, path = runner.execute(plan)
+    reason = sweep.skip_reason(plan)
+    if reason:
+        sweep.journal(sweep_dir, {"run_id": plan.run_id, "status": "skipped", "cause": reason})
+        print(f"skipped {plan.run_id}: {reason}")
+        return
+    record = sweep.run_isolated(plan) if plan.cfg.sweep.isolate else runner.execute(plan)[0]
+    sweep.journal(sweep_dir, {"run_id": plan.run_id, "status": record["status"],
+                              "cause": record.get("cause")})
     report.print_table([record])
-    print(f"record: {path}")
-    if record["status"] != "ok" and not multirun:
-        print(f"trainbench: run {record['status']}: {record['cause']}", file=sys.stderr)
-        raise SystemExit(EXIT_RUN_FAILED)
 
 
 def _hydra_main() -> None:
@@ -137,9 +155,9 @@ def _combinations(overrides: list[str]) -> list[list[str]]:
     return [firsts[:i] + [v] + firsts[i + 1:] for i, axis in enumerate(axes) for v in axis]
 
 
-def check_overrides(overrides: list[str]) -> None:
-    """Compose and validate every run the overrides describe; raise ConfigError on the first
-    bad one. Runs nothing."""
+def compose_run_configs(combos: list[list[str]]) -> list[Any]:
+    """RunConfig objects for each list of overrides, validated; ConfigError on the first bad one.
+    Runs nothing."""
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
@@ -147,18 +165,29 @@ def check_overrides(overrides: list[str]) -> None:
 
     config.register()
     GlobalHydra.instance().clear()
+    out = []
+    try:
+        with initialize_config_module("trainbench.configs", version_base="1.3"):
+            for combo in combos:
+                try:
+                    cfg = compose("config", overrides=combo)
+                except Exception as err:
+                    raise ConfigError(_describe_hydra_error(err)) from None
+                run_cfg = _to_run_config(cfg)
+                config.validate(run_cfg)
+                out.append(run_cfg)
+    finally:
+        GlobalHydra.instance().clear()
+    return out
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """Compose and validate every run a (possibly sweeping) command line describes."""
     try:
         combos = _combinations(overrides)
     except Exception as err:
         raise ConfigError(_describe_hydra_error(err)) from None
-    with initialize_config_module("trainbench.configs", version_base="1.3"):
-        for combo in combos:
-            try:
-                cfg = compose("config", overrides=combo)
-            except Exception as err:
-                raise ConfigError(_describe_hydra_error(err)) from None
-            config.validate(_to_run_config(cfg))
-    GlobalHydra.instance().clear()
+    compose_run_configs(combos)
 
 
 def _describe_hydra_error(err: BaseException) -> str:
@@ -217,28 +246,126 @@ def cmd_backends(argv: Sequence[str]) -> int:
 
 
 def cmd_report(argv: Sequence[str]) -> int:
-    """Compare the records under PATH... (files, folders, globs)."""
+    """Compare the records under PATH... (files, folders, globs): one row per configuration,
+    repeats grouped (median and spread), on one FLOP convention."""
     parser = argparse.ArgumentParser(prog="trainbench report", description=cmd_report.__doc__)
     parser.add_argument("paths", nargs="+", metavar="PATH")
-    parser.add_argument("--markdown", action="store_true", help="print a Markdown table instead")
+    parser.add_argument("--markdown", action="store_true", help="print Markdown tables")
+    parser.add_argument("--csv", metavar="FILE", help="write the grouped comparison as CSV")
+    parser.add_argument("--plots", metavar="DIR", help="write PNG plots into DIR")
+    parser.add_argument("--runs", action="store_true", help="also list every run")
+    parser.add_argument("--attention", choices=["causal", "full"], default="causal",
+                        help="FLOP convention every record is put on (default: causal)")
+    parser.add_argument("--costs", metavar="FILE",
+                        help="prices and board power (default: the shipped configs/costs.yaml)")
+    parser.add_argument("--baseline", nargs="+", metavar="PATH",
+                        help="earlier records to compare with; regressions are flagged")
+    parser.add_argument("--noise-k", type=float, default=2.0,
+                        help="a regression is a drop beyond k x the repeats' noise (default 2)")
+    parser.add_argument("--fail-on-regression", action="store_true",
+                        help="exit with status 3 if any regression is flagged (for CI)")
     args = parser.parse_args(argv)
+    if args.noise_k <= 0:
+        raise ConfigError(f"--noise-k={args.noise_k} must be positive")
     from trainbench import report, results
 
-    records, skipped = results.load_records(args.paths)
-    for note in skipped:
-        print(f"skipped {note}", file=sys.stderr)
-    if not records:
-        return _fail("no trainbench records found under " + " ".join(args.paths))
+    def load(paths: Sequence[str]) -> tuple[Any, list[str]]:
+        records, skipped = results.load_records(paths)
+        for note in skipped:
+            print(f"skipped {note}", file=sys.stderr)
+        if not records:
+            raise ConfigError("no trainbench records found under " + " ".join(paths))
+        df, notes = report.to_convention(report.frame(records), args.attention)
+        return df, notes + report.peak_notes(df)
+
+    costs = report.load_costs(args.costs)
+    df, notes = load(args.paths)
+    grouped = report.add_costs(report.group(df), costs)
+    shown = report.display(grouped)
+    failed = df[df["status"] != "ok"][["run_id", "backend", "model", "status", "cause"]]
     if args.markdown:
-        print(report.markdown_table(records))
+        print(report.markdown(shown))
+        if not failed.empty:
+            print("\n" + report.markdown(failed.fillna("")))
     else:
-        report.print_table(records)
+        report.print_frame(shown, f"trainbench report ({args.attention} attention FLOPs)")
+        if not failed.empty:
+            report.print_frame(failed.fillna(""), "runs that did not finish")
+        if args.runs:
+            report.print_table([r for r in results.load_records(args.paths)[0]], "every run")
+    for note in notes:
+        print(f"note: {note}")
+    if args.csv:
+        grouped.to_csv(args.csv, index=False)
+        print(f"wrote {args.csv}")
+    if args.plots:
+        for path in report.save_plots(report.plots(df, grouped), args.plots):
+            print(f"wrote {path}")
+    if args.baseline:
+        base_df, _ = load(args.baseline)
+        cmp = report.compare_baseline(grouped, report.group(base_df), args.noise_k)
+        if cmp.empty:
+            print("baseline: no configuration in common with the current records")
+            return 0
+        regressions = cmp[cmp["regression"]]
+        view = cmp.assign(change=[f"{100 * x:+.2f}%" for x in cmp["change"]],
+                          threshold=[f"±{100 * x:.2f}%" for x in cmp["threshold"]])
+        if args.markdown:
+            print(report.markdown(view))
+        else:
+            report.print_frame(view, "against the baseline")
+        print(f"baseline: {len(regressions)} regression(s) beyond {args.noise_k:g} x noise")
+        if len(regressions) and args.fail_on_regression:
+            return EXIT_REGRESSION
     return 0
+
+
+def cmd_parity(argv: Sequence[str]) -> int:
+    """Compare a backend with the reference backend: step-0 loss and gradients, and the loss
+    after --steps AdamW steps, from the same weights and batches (trainbench.parity)."""
+    parser = argparse.ArgumentParser(prog="trainbench parity", description=cmd_parity.__doc__)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. backend=jax model=tiny")
+    args = parser.parse_args(argv)
+    if args.steps < 1:
+        raise ConfigError(f"--steps={args.steps} must be at least 1")
+    from rich.console import Console
+    from rich.table import Table
+
+    from trainbench import parity, registry
+
+    [cfg] = compose_run_configs([args.overrides])
+    name = registry.resolve_auto() if cfg.backend.name == "auto" else cfg.backend.name
+    cls = registry.get(name)
+    if cfg.backend.name == "auto":
+        cfg.backend = cls.config_class(name=name)
+    available = cls.availability()
+    if not available.ok:
+        raise ConfigError(f"backend={name} cannot run here: {available.reason}")
+    rep = parity.compare_by_name(cfg.backend, cfg.model, cfg.precision, cfg.optim,
+                                 cfg.train.batch_size, cfg.train.seq_len, args.steps, cfg.seed)
+    table = Table(title=f"parity: {name} vs reference ({cfg.precision.name})")
+    for column in ("quantity", "reference", name, "relative error", "tolerance", "ok"):
+        table.add_column(column)
+    for key, tol in rep.tolerances.items():
+        err = rep.errors[key]
+        ref = rep.reference.get(key)
+        cand = rep.candidate.get(key)
+        table.add_row(key.replace("steps", f"{args.steps} steps"),
+                      "-" if ref is None else f"{ref:.6f}", "-" if cand is None else f"{cand:.6f}",
+                      f"{err:.2e}", f"{tol:.0e}", "yes" if err <= tol else "NO")
+    Console(width=140).print(table)
+    worst = sorted(rep.grad_errors.items(), key=lambda kv: -kv[1])[:3]
+    print("largest per-parameter gradient errors: "
+          + ", ".join(f"{k} {v:.2e}" for k, v in worst))
+    print("PASS" if rep.passed else "FAIL: " + "; ".join(rep.failures()))
+    return 0 if rep.passed else EXIT_RUN_FAILED
 
 
 SUBCOMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "backends": cmd_backends,
     "report": cmd_report,
+    "parity": cmd_parity,
 }
 
 

@@ -7,7 +7,7 @@ experiment (YAML files in configs/experiment/). `validate(cfg)` checks what the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -103,6 +103,21 @@ class AutoBackendConfig(BackendConfig):
 
 
 @dataclass
+class SweepConfig:
+    """How a multirun (`-m`) treats each run: own process, time limit, what a re-run repeats.
+    Not part of a run's identity: changing it never changes the record a run writes to."""
+
+    isolate: bool = True
+    """Run each job of a sweep in its own process, so a crash or hang cannot sink the sweep."""
+    timeout_s: float = 3600.0
+    """Wall-clock limit of one isolated run, build included; 0 means none."""
+    skip_done: bool = True
+    """Skip a run whose record already exists with status ok."""
+    rerun_failed: bool = False
+    """Run again the runs whose record says failed or diverged (otherwise they are skipped)."""
+
+
+@dataclass
 class RunConfig:
     """One training benchmark run."""
 
@@ -116,6 +131,22 @@ class RunConfig:
     """Seeds the initial weights and the synthetic data."""
     results_dir: str = "results"
     """Folder the run's JSON record is written into."""
+    repeat: int = 0
+    """Index of a repetition of the same config (own record; the report groups repeats)."""
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+
+
+def from_dict(data: dict[str, Any]) -> RunConfig:
+    """Rebuild a validated RunConfig from `dataclasses.asdict` output (e.g. in a worker process)."""
+    from omegaconf import OmegaConf
+
+    from trainbench import registry
+
+    data = dict(data)
+    backend = data.pop("backend")
+    merged = OmegaConf.merge(OmegaConf.structured(RunConfig), data)
+    merged.backend = OmegaConf.structured(registry.get(backend["name"]).config_class(**backend))
+    return OmegaConf.to_object(merged)
 
 
 def _check(ok: bool, message: str) -> None:
@@ -148,6 +179,9 @@ def validate(cfg: RunConfig) -> None:
     _check(cfg.data.dtype in ("uint16", "uint32"),
            f"data.dtype={cfg.data.dtype!r} must be one of: uint16, uint32")
     _check(bool(str(cfg.results_dir).strip()), "results_dir must not be empty")
+    _check(cfg.repeat >= 0, f"repeat={cfg.repeat} must be >= 0")
+    _check(cfg.sweep.timeout_s >= 0, f"sweep.timeout_s={cfg.sweep.timeout_s} must be >= 0 "
+                                     "(0 means no limit)")
     if Path(cfg.results_dir).exists():
         _check(Path(cfg.results_dir).is_dir(),
                f"results_dir={cfg.results_dir!r} exists and is not a folder")

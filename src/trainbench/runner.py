@@ -43,11 +43,13 @@ def config_dict(cfg: RunConfig) -> dict[str, Any]:
 def run_id(cfg: RunConfig, model_name: str, backend_name: str) -> str:
     """Readable and stable: the same resolved config always gets the same id."""
     payload = config_dict(cfg)
-    payload.pop("results_dir")
+    for key in ("results_dir", "sweep"):  # where and how it runs, not what runs
+        payload.pop(key)
     digest = hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:8]
     t = cfg.train
+    repeat = f"_r{cfg.repeat}" if cfg.repeat else ""
     return (f"{backend_name}_{model_name}_b{t.batch_size}_s{t.seq_len}_{cfg.precision.name}"
-            f"_{digest}")
+            f"{repeat}_{digest}")
 
 
 def prepare(cfg: RunConfig, model_name: str) -> Plan:
@@ -83,7 +85,7 @@ def device_peak(device: Any, compute_dtype: str) -> hardware.PeakInfo:
     return hardware.resolve_peak(device.name, config_lib.PEAK_DTYPE[compute_dtype])
 
 
-def _base_record(plan: Plan) -> dict[str, Any]:
+def base_record(plan: Plan) -> dict[str, Any]:
     cfg = plan.cfg
     return {
         "schema": results.SCHEMA,
@@ -96,16 +98,19 @@ def _base_record(plan: Plan) -> dict[str, Any]:
         "precision": cfg.precision.name,
         "batch_size": cfg.train.batch_size,
         "seq_len": cfg.train.seq_len,
+        "repeat": cfg.repeat,
         "params": model.count_params(cfg.model),
         "config": config_dict(cfg),
     }
 
 
-def execute(plan: Plan) -> tuple[dict[str, Any], Path]:
-    """Train and measure; always writes a record (status ok, diverged or failed with cause)."""
+def execute(plan: Plan) -> tuple[dict[str, Any], Path | None]:
+    """Train and measure; the primary process always writes a record (status ok, diverged or
+    failed with its cause); other ranks of a multi-process run return path None."""
     cfg, t = plan.cfg, plan.cfg.train
-    record = _base_record(plan)
+    record = base_record(plan)
     record["environment"] = env.fingerprint(plan.backend_cls.versions())
+    backend = None
     try:
         backend = plan.backend_cls(cfg.backend, cfg.model, cfg.precision, cfg.optim,
                                    total_steps=t.warmup_steps + t.steps)
@@ -119,6 +124,8 @@ def execute(plan: Plan) -> tuple[dict[str, Any], Path]:
         record["status"] = "failed"
         record["cause"] = f"{type(err).__name__}: {err}"
         record["traceback"] = traceback.format_exc()
+    if backend is not None and not backend.is_primary():
+        return record, None
     path = results.write_record(record, cfg.results_dir, plan.run_id)
     return record, path
 
@@ -127,6 +134,11 @@ def _measurements(cfg: RunConfig, backend: Backend, device: Any, loop: Any) -> d
     t = cfg.train
     flop_count = flops.training_flops(cfg.model, t.batch_size, t.seq_len, t.attention_flops)
     peak = device_peak(device, cfg.precision.compute_dtype)
+    # MAMF (Bekman, "maximum achievable matmul FLOPS"): the measured best matmul rate of the
+    # device; on the CPU the peak itself is that measurement.
+    mamf = backend.matmul_peak(cfg.precision.compute_dtype)
+    if mamf is None and device.kind == "cpu":
+        mamf = peak
     memory, memory_kind = backend.peak_memory()
     out: dict[str, Any] = {
         "status": loop.status,
@@ -145,6 +157,8 @@ def _measurements(cfg: RunConfig, backend: Backend, device: Any, loop: Any) -> d
             "palm_per_step": flops.palm_flops(cfg.model, t.batch_size, t.seq_len),
         },
         "peak": dataclasses.asdict(peak),
+        "mamf": dataclasses.asdict(mamf) if mamf is not None else
+        {"flops_per_s": None, "note": f"backend {backend.name} has no matmul probe"},
         "memory": {"peak_bytes": memory, "kind": memory_kind},
         "units": {"step_time": "s", "tokens_per_s": "tokens/s",
                   "model_tflops_per_device": "TFLOP/s", "mfu": "fraction of peak (0-1)",

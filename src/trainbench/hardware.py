@@ -1,0 +1,226 @@
+"""Peak FLOP/s that MFU divides by (DESIGN.md, "Measurement").
+
+Accelerator peaks are data, not code: `data/hardware.yaml` holds per-chip dense datasheet
+peaks with their sources, and how many framework devices one chip shows (a Trainium2 chip is
+4 logical NeuronCores, a TPU7x chip 2 TensorCores), so that a per-device peak is never
+confused with a per-chip one. A device the table lacks gets no peak and a note, never a
+guess. On the CPU there is no datasheet: `measure_cpu_matmul_peak` times NumPy's matmul.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import platform
+import re
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+
+from trainbench.errors import ConfigError
+
+PEAK_DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8")
+"""Keys a table entry's peak_tflops may have."""
+
+# Framework dtype names accepted for the table's keys.
+_DTYPE_ALIASES = {"float32": "fp32", "tensorfloat32": "tf32", "bfloat16": "bf16",
+                  "float16": "fp16", "float8": "fp8"}
+
+_FIELDS = ("vendor", "unit", "devices_per_chip", "peak_tflops", "memory_gb",
+           "memory_bandwidth_gbps", "aliases", "source")
+
+
+@dataclass(frozen=True)
+class Accelerator:
+    """One device kind of the hardware table; peaks are per chip, dense, in TFLOP/s."""
+
+    name: str
+    vendor: str
+    unit: str
+    """What one framework device is (a GPU, a TPU chip or TensorCore, a NeuronCore)."""
+    devices_per_chip: int
+    """Framework devices one chip shows by default."""
+    peak_tflops: dict[str, float] = field(hash=False)
+    """Dense datasheet peak of one chip per dtype key (PEAK_DTYPES); only what the source states."""
+    memory_gb: float
+    memory_bandwidth_gbps: float
+    source: str
+    aliases: tuple[str, ...] = ()
+    """Case-insensitive regexes over framework device names."""
+
+    def peak_flops_per_device(self, dtype: str) -> float | None:
+        """FLOP/s of ONE framework device: chip peak / devices_per_chip; None if not stated."""
+        tflops = self.peak_tflops.get(_dtype_key(dtype))
+        return None if tflops is None else tflops * 1e12 / self.devices_per_chip
+
+    def matches(self, device_name: str) -> bool:
+        """Whether `device_name` is this entry's name or matches one of its aliases."""
+        name = device_name.strip()
+        return (name.casefold() == self.name.casefold()
+                or any(re.search(a, name, re.IGNORECASE) for a in self.aliases))
+
+
+@dataclass
+class PeakInfo:
+    """The peak MFU divides by, and where it came from (stored in every record)."""
+
+    flops_per_s: float | None
+    """Peak of one framework device; None leaves MFU empty."""
+    dtype: str
+    source: str
+    method: Literal["datasheet", "measured", "unknown"]
+    note: str
+
+
+def _dtype_key(dtype: str) -> str:
+    key = dtype.strip().lower()
+    return _DTYPE_ALIASES.get(key, key)
+
+
+def _check_entry(name: str, entry: Any) -> None:
+    where = f"hardware table entry {name!r}"
+    if not isinstance(entry, dict) or set(entry) != set(_FIELDS):
+        have = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
+        raise ConfigError(f"{where} has fields {have}; expected exactly {sorted(_FIELDS)}")
+    dpc = entry["devices_per_chip"]
+    if isinstance(dpc, bool) or not isinstance(dpc, int) or dpc < 1:
+        raise ConfigError(f"{where}: devices_per_chip={dpc!r} must be a positive integer")
+    peaks = entry["peak_tflops"]
+    if not isinstance(peaks, dict) or not peaks:
+        raise ConfigError(f"{where}: peak_tflops must map at least one dtype to a peak")
+    for key, value in peaks.items():
+        if key not in PEAK_DTYPES:
+            raise ConfigError(f"{where}: peak_tflops key {key!r} is not one of {PEAK_DTYPES}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise ConfigError(f"{where}: peak_tflops.{key}={value!r} must be a positive number")
+    if not isinstance(entry["source"], str) or not entry["source"].strip():
+        raise ConfigError(f"{where}: source must name where the numbers come from")
+    for alias in entry["aliases"]:
+        try:
+            re.compile(alias)
+        except re.error as err:
+            raise ConfigError(f"{where}: alias {alias!r} is not a regular expression: {err}")
+
+
+@functools.cache
+def accelerators() -> dict[str, Accelerator]:
+    """The hardware table (data/hardware.yaml), by trainbench's name for each device kind."""
+    text = resources.files("trainbench").joinpath("data/hardware.yaml").read_text()
+    table: dict[str, Accelerator] = {}
+    for name, entry in yaml.safe_load(text).items():
+        _check_entry(name, entry)
+        table[name] = Accelerator(
+            name=name, vendor=entry["vendor"], unit=entry["unit"],
+            devices_per_chip=entry["devices_per_chip"],
+            peak_tflops={k: float(v) for k, v in entry["peak_tflops"].items()},
+            memory_gb=float(entry["memory_gb"]),
+            memory_bandwidth_gbps=float(entry["memory_bandwidth_gbps"]),
+            source=" ".join(entry["source"].split()), aliases=tuple(entry["aliases"]))
+    return table
+
+
+def lookup(device_name: str) -> Accelerator | None:
+    """The table entry whose name or alias matches `device_name`, or None.
+
+    Two matching entries are a bug in the table, not a user error: it raises RuntimeError.
+    """
+    found = [a for a in accelerators().values() if a.matches(device_name)]
+    if len(found) > 1:
+        raise RuntimeError(f"device {device_name!r} matches several hardware table entries: "
+                           + ", ".join(a.name for a in found) + "; fix data/hardware.yaml")
+    return found[0] if found else None
+
+
+def resolve_peak(device_name: str, dtype: str) -> PeakInfo:
+    """Datasheet peak of one `device_name` device for matmuls in `dtype`; None with a note when
+    the device or its peak for that dtype is not in the table."""
+    key = _dtype_key(dtype)
+    acc = lookup(device_name)
+    if acc is None:
+        return PeakInfo(None, key, "", "unknown",
+                        f"device {device_name!r} is not in trainbench's hardware table; "
+                        "MFU left empty")
+    flops = acc.peak_flops_per_device(key)
+    if flops is None:
+        return PeakInfo(None, key, acc.source, "unknown",
+                        f"{acc.name}: the hardware table has no dense {key} peak (it has "
+                        + ", ".join(acc.peak_tflops) + "); MFU left empty")
+    per_chip = acc.peak_tflops[key]
+    split = f" / {acc.devices_per_chip} devices per chip" if acc.devices_per_chip > 1 else ""
+    return PeakInfo(flops, key, acc.source, "datasheet",
+                    f"{acc.name}: dense {key} datasheet peak {per_chip:g} TFLOP/s per chip{split}"
+                    f" = {flops / 1e12:g} TFLOP/s per device; a device is one {acc.unit}")
+
+
+def _blas_name() -> str:
+    """NumPy's BLAS as its build config names it, or "" where it does not say."""
+    try:
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        return f"{blas['name']} {blas.get('version', '')}".strip()
+    except Exception:  # older NumPy: no mode="dicts"; the version alone must do
+        return ""
+
+
+def measure_cpu_matmul_peak(dtype: str = "float32", n: int = 1024, repeats: int = 5,
+                            min_time_s: float = 0.2) -> PeakInfo:
+    """Achievable CPU matmul FLOP/s: the best of `repeats` timings of NumPy n×n products.
+
+    After one untimed warm-up product, each repeat loops products until `min_time_s` has passed;
+    a product is 2·n³ FLOPs (one multiply and one add per MAC). The best repeat is taken as the
+    peak, since slower ones measure interference, not the machine.
+    """
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise ConfigError(f"dtype={dtype!r} is not a NumPy dtype; the CPU probe measures a "
+                          "floating type NumPy has: float64, float32 or float16") from None
+    if dt.kind != "f":
+        raise ConfigError(f"dtype={dtype!r} is not a floating type; the CPU probe measures "
+                          "float64, float32 or float16")
+    for label, value in (("n", n), ("repeats", repeats)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{label}={value!r} must be a positive integer")
+    if not min_time_s > 0:
+        raise ConfigError(f"min_time_s={min_time_s!r} must be positive")
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n)).astype(dt)
+    b = rng.standard_normal((n, n)).astype(dt)
+    out = np.empty((n, n), dtype=dt)
+    np.matmul(a, b, out=out)  # warm-up: page in the buffers, start BLAS threads
+    best = 0.0
+    for _ in range(repeats):
+        products = 0
+        start = time.perf_counter()
+        while True:
+            np.matmul(a, b, out=out)
+            products += 1
+            elapsed = time.perf_counter() - start
+            if elapsed >= min_time_s:
+                break
+        best = max(best, 2 * n**3 * products / elapsed)
+    if not (math.isfinite(best) and best > 0):
+        raise RuntimeError(f"CPU matmul probe measured {best} FLOP/s")
+    blas = _blas_name()
+    source = f"numpy {np.__version__} matmul" + (f" ({blas})" if blas else "")
+    return PeakInfo(best, dt.name, source, "measured",
+                    f"measured on this CPU: best of {repeats} repeats of {n}x{n} {dt.name} "
+                    f"matmul, each looped for at least {min_time_s:g} s after a warm-up; "
+                    "2*n^3 FLOPs per product")
+
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo "model name"), else platform.processor()."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"

@@ -1,0 +1,95 @@
+"""Sweeps that survive failure: isolation, causes, re-runs, kills."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, read_json_files
+
+PLUGINS = str(ROOT / "tests" / "plugins")
+SWEEP = ["-m", "experiment=cpu_smoke", "backend=faulty", "backend.inject=false,true",
+         "backend.fault=abort,hang,nan", "sweep.timeout_s=10", "results_dir=sweep"]
+
+
+def _cli(cwd, *args, timeout=300):
+    env = {**os.environ, "PYTHONPATH": PLUGINS}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([sys.executable, "-m", "trainbench", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _by_fault(records):
+    return {(r["config"]["backend"]["inject"], r["config"]["backend"]["fault"]): r
+            for r in records}
+
+
+def test_sweep_with_crash_timeout_and_divergence(tmp_path):
+    proc = _cli(tmp_path, *SWEEP)
+    assert proc.returncode == 0, proc.stderr
+    records = _by_fault(read_json_files(tmp_path / "sweep"))
+    assert len(records) == 6
+    for fault in ("abort", "hang", "nan"):
+        assert records[(False, fault)]["status"] == "ok"
+        assert records[(False, fault)]["metrics"]["tokens_per_s"] > 0
+    crash, hang, nan = (records[(True, f)] for f in ("abort", "hang", "nan"))
+    assert crash["status"] == "failed" and "SIGABRT" in crash["cause"]
+    assert hang["status"] == "failed" and "timeout" in hang["cause"]
+    assert "sweep.timeout_s=10" in hang["cause"]
+    assert nan["status"] == "diverged" and "nan at step 1" in nan["cause"]
+    assert "sweep summary: 6 runs: 3 done, 2 failed, 1 diverged, 0 skipped" in proc.stdout
+    assert proc.stdout.count("SIGABRT") >= 1
+
+    again = _cli(tmp_path, *SWEEP)
+    assert again.returncode == 0, again.stderr
+    assert "sweep summary: 6 runs: 0 done, 0 failed, 0 diverged, 6 skipped" in again.stdout
+    assert _by_fault(read_json_files(tmp_path / "sweep")) == records  # nothing re-ran
+
+    retry = _cli(tmp_path, *SWEEP, "sweep.rerun_failed=true")
+    assert retry.returncode == 0, retry.stderr
+    assert "sweep summary: 6 runs: 0 done, 2 failed, 1 diverged, 3 skipped" in retry.stdout
+    after = _by_fault(read_json_files(tmp_path / "sweep"))
+    for key in records:
+        same = after[key]["created"] == records[key]["created"] and after[key] == records[key]
+        assert same == (key[0] is False), key  # only the failures ran again
+
+
+def test_raise_inside_a_run_is_recorded(tmp_path):
+    proc = _cli(tmp_path, "-m", "experiment=cpu_smoke", "backend=faulty", "backend.inject=true",
+                "backend.fault=raise", "results_dir=out")
+    assert proc.returncode == 0, proc.stderr
+    [record] = read_json_files(tmp_path / "out")
+    assert record["status"] == "failed" and record["cause"] == "RuntimeError: injected fault"
+    assert "injected fault" in record["traceback"]
+
+
+def test_missing_backend_in_a_sweep_is_a_failed_record(tmp_path):
+    proc = _cli(tmp_path, "-m", "experiment=cpu_smoke", "backend=reference",
+                "precision=fp32,bf16", "results_dir=out")
+    assert proc.returncode == 0, proc.stderr
+    statuses = sorted((r["status"], r.get("cause") or "") for r in read_json_files(tmp_path / "out"))
+    assert statuses[0][0] == "failed" and "does not support precision=bf16" in statuses[0][1]
+    assert statuses[1][0] == "ok"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM])
+def test_killing_a_sweep_leaves_only_whole_records(tmp_path, sig):
+    env = {**os.environ, "PYTHONPATH": PLUGINS}
+    proc = subprocess.Popen([sys.executable, "-m", "trainbench", "-m", "experiment=cpu_smoke",
+                             "backend=reference", "train.batch_size=1,2,3,4,5,6,7,8",
+                             "results_dir=out"], cwd=tmp_path, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((tmp_path / "out").glob("*.json"))) < 2:
+        time.sleep(0.05)
+    os.killpg(proc.pid, sig)
+    proc.wait(timeout=60)
+    written = list((tmp_path / "out").glob("*.json"))
+    assert 2 <= len(written) < 8
+    for path in written:
+        record = json.loads(path.read_text())
+        assert record["status"] == "ok" and record["metrics"]["tokens_per_s"] > 0
