@@ -308,7 +308,9 @@ def cmd_report(argv: Sequence[str]) -> int:
             print("baseline: no configuration in common with the current records")
             return 0
         regressions = cmp[cmp["regression"]]
-        view = cmp.assign(change=[f"{100 * x:+.2f}%" for x in cmp["change"]],
+        view = cmp.assign(baseline=[f"{x:.4g}" for x in cmp["baseline"]],
+                          current=[f"{x:.4g}" for x in cmp["current"]],
+                          change=[f"{100 * x:+.2f}%" for x in cmp["change"]],
                           threshold=[f"±{100 * x:.2f}%" for x in cmp["threshold"]])
         if args.markdown:
             print(report.markdown(view))
