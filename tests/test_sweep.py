@@ -93,3 +93,15 @@ def test_killing_a_sweep_leaves_only_whole_records(tmp_path, sig):
     for path in written:
         record = json.loads(path.read_text())
         assert record["status"] == "ok" and record["metrics"]["tokens_per_s"] > 0
+
+
+def test_submitit_local_launcher(tmp_path):
+    """The cluster path (Hydra's submitit launcher) run locally: jobs in their own processes."""
+    proc = _cli(tmp_path, "-m", "experiment=cpu_smoke", "backend=reference",
+                "train.batch_size=2,3", "hydra/launcher=submitit_local",
+                "hydra.launcher.timeout_min=5", "results_dir=out")
+    assert proc.returncode == 0, proc.stderr
+    records = read_json_files(tmp_path / "out")
+    assert sorted(r["batch_size"] for r in records) == [2, 3]
+    assert all(r["status"] == "ok" for r in records)
+    assert "sweep summary: 2 runs: 2 done" in proc.stdout
