@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 
 from trainbench import model, report, runner
-from trainbench.config import (DataConfig, OptimConfig, PRECISIONS, RunConfig, TrainConfig)
 from trainbench.backends.reference.backend import ReferenceConfig
+from trainbench.config import PRECISIONS, DataConfig, OptimConfig, RunConfig, TrainConfig
 
 
 def main() -> None:
