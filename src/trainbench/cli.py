@@ -269,17 +269,17 @@ def cmd_report(argv: Sequence[str]) -> int:
         raise ConfigError(f"--noise-k={args.noise_k} must be positive")
     from trainbench import report, results
 
-    def load(paths: Sequence[str]) -> tuple[Any, list[str]]:
+    def load(paths: Sequence[str]) -> tuple[list[dict[str, Any]], Any, list[str]]:
         records, skipped = results.load_records(paths)
         for note in skipped:
             print(f"skipped {note}", file=sys.stderr)
         if not records:
             raise ConfigError("no trainbench records found under " + " ".join(paths))
         df, notes = report.to_convention(report.frame(records), args.attention)
-        return df, notes + report.peak_notes(df)
+        return records, df, notes + report.peak_notes(df)
 
     costs = report.load_costs(args.costs)
-    df, notes = load(args.paths)
+    records, df, notes = load(args.paths)
     grouped = report.add_costs(report.group(df), costs)
     shown = report.display(grouped)
     failed = df[df["status"] != "ok"][["run_id", "backend", "model", "status", "cause"]]
@@ -292,7 +292,7 @@ def cmd_report(argv: Sequence[str]) -> int:
         if not failed.empty:
             report.print_frame(failed.fillna(""), "runs that did not finish")
         if args.runs:
-            report.print_table([r for r in results.load_records(args.paths)[0]], "every run")
+            report.print_table(records, "every run")
     for note in notes:
         print(f"note: {note}")
     if args.csv:
@@ -302,7 +302,7 @@ def cmd_report(argv: Sequence[str]) -> int:
         for path in report.save_plots(report.plots(df, grouped), args.plots):
             print(f"wrote {path}")
     if args.baseline:
-        base_df, _ = load(args.baseline)
+        _, base_df, _ = load(args.baseline)
         cmp = report.compare_baseline(grouped, report.group(base_df), args.noise_k)
         if cmp.empty:
             print("baseline: no configuration in common with the current records")
