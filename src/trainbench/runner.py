@@ -81,6 +81,10 @@ def _cpu_peak(dtype: str) -> hardware.PeakInfo:
 def device_peak(device: Any, compute_dtype: str) -> hardware.PeakInfo:
     """Datasheet peak of the device, or on the CPU a measured matmul peak."""
     if device.kind == "cpu":
+        if compute_dtype not in ("float64", "float32", "float16"):
+            return hardware.PeakInfo(None, compute_dtype, "", "unknown",
+                                     f"no {compute_dtype} matmul probe on the CPU (NumPy has "
+                                     "none); MFU left empty")
         return _cpu_peak(compute_dtype)
     return hardware.resolve_peak(device.name, config_lib.PEAK_DTYPE[compute_dtype])
 
