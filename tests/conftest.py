@@ -8,7 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import absl.logging
 import pytest
+
+# absl.logging (imported by flax and optax) keeps the sys.stderr of its import time (pytest's
+# capture) and closes it when an in-process Hydra run in the same worker reconfigures logging,
+# which breaks every later test in that worker. Point it at the real stderr, which nobody closes.
+absl.logging.get_absl_handler().python_handler.stream = sys.__stderr__
 
 ROOT = Path(__file__).resolve().parents[1]
 

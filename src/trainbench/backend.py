@@ -108,6 +108,15 @@ class Backend(abc.ABC):
         """Whether this process reports the run (rank 0 of a multi-process run writes the record)."""
         return True
 
+    def recompute_flops(self, batch: int, seq_len: int, attention: str) -> int:
+        """FLOPs a step spends recomputing activations (remat), beyond the model FLOPs; they count
+        in HFU, never in MFU."""
+        return 0
+
+    def record_extra(self) -> dict[str, Any]:
+        """Backend facts known after the run (compile time, compiler cost analysis, ...)."""
+        return {}
+
     def matmul_peak(self, dtype: str) -> Any:
         """The best matrix-product rate this backend's framework reaches on its device, as a
         trainbench.hardware.PeakInfo (method "measured"), for MAMFU; None if it has no probe."""

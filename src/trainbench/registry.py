@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 # checkout works before it is installed; an entry point may not reuse a built-in name.
 BUILTIN = {
     "reference": "trainbench.backends.reference.backend:ReferenceBackend",
+    "jax": "trainbench.backends.jax.backend:JaxBackend",
+    "torch": "trainbench.backends.torch.backend:TorchBackend",
+    "neuron": "trainbench.backends.neuron.backend:NeuronBackend",
 }
 ENTRY_POINT_GROUP = "trainbench.backends"
 

@@ -11,6 +11,7 @@ import datetime as dt
 import functools
 import hashlib
 import json
+import os
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,9 @@ def run_id(cfg: RunConfig, model_name: str, backend_name: str) -> str:
     digest = hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:8]
     t = cfg.train
     repeat = f"_r{cfg.repeat}" if cfg.repeat else ""
+    # Processes of a torchrun / SLURM launch: a 2-rank run is not the 1-process run.
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    repeat += f"_w{world}" if world > 1 else ""
     return (f"{backend_name}_{model_name}_b{t.batch_size}_s{t.seq_len}_{cfg.precision.name}"
             f"{repeat}_{digest}")
 
@@ -78,15 +82,19 @@ def _cpu_peak(dtype: str) -> hardware.PeakInfo:
     return hardware.measure_cpu_matmul_peak(dtype)
 
 
-def device_peak(device: Any, compute_dtype: str) -> hardware.PeakInfo:
-    """Datasheet peak of the device, or on the CPU a measured matmul peak."""
-    if device.kind == "cpu":
-        if compute_dtype not in ("float64", "float32", "float16"):
-            return hardware.PeakInfo(None, compute_dtype, "", "unknown",
-                                     f"no {compute_dtype} matmul probe on the CPU (NumPy has "
-                                     "none); MFU left empty")
-        return _cpu_peak(compute_dtype)
-    return hardware.resolve_peak(device.name, config_lib.PEAK_DTYPE[compute_dtype])
+def device_peak(backend: Backend, device: Any, compute_dtype: str) -> hardware.PeakInfo:
+    """Datasheet peak of the device; on the CPU, which has no datasheet peak here, the measured
+    matmul rate: the backend's own probe if it has one, else NumPy's."""
+    if device.kind != "cpu":
+        return hardware.resolve_peak(device.name, config_lib.PEAK_DTYPE[compute_dtype])
+    measured = backend.matmul_peak(compute_dtype)
+    if measured is not None:
+        return measured
+    if compute_dtype not in ("float64", "float32", "float16"):
+        return hardware.PeakInfo(None, compute_dtype, "", "unknown",
+                                 f"no {compute_dtype} matmul probe on the CPU for this backend; "
+                                 "MFU left empty")
+    return _cpu_peak(compute_dtype)
 
 
 def base_record(plan: Plan) -> dict[str, Any]:
@@ -137,12 +145,10 @@ def execute(plan: Plan) -> tuple[dict[str, Any], Path | None]:
 def _measurements(cfg: RunConfig, backend: Backend, device: Any, loop: Any) -> dict[str, Any]:
     t = cfg.train
     flop_count = flops.training_flops(cfg.model, t.batch_size, t.seq_len, t.attention_flops)
-    peak = device_peak(device, cfg.precision.compute_dtype)
+    peak = device_peak(backend, device, cfg.precision.compute_dtype)
     # MAMF (Bekman, "maximum achievable matmul FLOPS"): the measured best matmul rate of the
     # device; on the CPU the peak itself is that measurement.
-    mamf = backend.matmul_peak(cfg.precision.compute_dtype)
-    if mamf is None and device.kind == "cpu":
-        mamf = peak
+    mamf = peak if peak.method == "measured" else backend.matmul_peak(cfg.precision.compute_dtype)
     memory, memory_kind = backend.peak_memory()
     out: dict[str, Any] = {
         "status": loop.status,
@@ -168,6 +174,10 @@ def _measurements(cfg: RunConfig, backend: Backend, device: Any, loop: Any) -> d
                   "model_tflops_per_device": "TFLOP/s", "mfu": "fraction of peak (0-1)",
                   "memory": "bytes"},
     }
+    recompute = backend.recompute_flops(t.batch_size, t.seq_len, t.attention_flops)
+    out["flops"]["recompute_per_step"] = recompute
+    out["flops"]["hardware_per_step"] = flop_count + recompute
+    out["backend_facts"] = backend.record_extra()
     if loop.step_s:
         stats = metrics.step_stats(loop.step_s)
         out["metrics"] = {
@@ -175,4 +185,8 @@ def _measurements(cfg: RunConfig, backend: Backend, device: Any, loop: Any) -> d
             **metrics.throughput(stats["median"], t.batch_size * t.seq_len, flop_count,
                                  device.count, peak.flops_per_s),
         }
+        if recompute:  # HFU: the FLOPs the hardware did, recomputation included
+            hardware_flops = metrics.throughput(stats["median"], 1, flop_count + recompute,
+                                                device.count, peak.flops_per_s)
+            out["metrics"]["hfu"] = hardware_flops["mfu"]
     return out

@@ -1,0 +1,91 @@
+"""Softmax cross-entropy over the vocabulary, forward and backward as NKI kernels.
+
+Rows on the partitions, the vocabulary streamed in 512-column chunks with an online log-sum-exp
+(running max m and sum l, rescaled by exp(m_old - m_new) per chunk), so a row's logits never
+need to fit in SBUF at once. The target's logit is picked with an iota == target one-hot.
+Forward gives per-row loss lse - z[target] and lse (float32, [N, 1]); the mean over rows is the
+caller's (one sum). Backward: dlogits = (exp(z - lse) - onehot) * scale, scale = dloss / N.
+logits [N, V] in float32 or bfloat16, targets [N, 1] int32.
+"""
+
+from __future__ import annotations
+
+from trainbench.kernels.nki._api import nisa, nki, nl
+from trainbench.kernels.nki._tiles import FCHUNK, NEG_BIG, P, cast, load, new, spans
+
+
+def _onehot(tgt_f, rows: int, c0: int, cols: int):
+    """1.0 where column c0 + x equals the row's target, else 0.0 (float32 (rows, cols))."""
+    idx = new((rows, cols))
+    nisa.iota(dst=idx, pattern=[[1, cols]], offset=c0, channel_multiplier=0)
+    hot = new((rows, cols))
+    nisa.tensor_scalar(dst=hot, data=idx, op0=nl.equal, operand0=tgt_f)
+    return hot
+
+
+@nki.jit
+def cross_entropy_fwd(logits, targets):
+    """(loss_rows, lse), each [N, 1] float32: loss_rows = lse - logits[target]."""
+    n_rows, vocab = logits.shape
+    loss = nl.ndarray((n_rows, 1), nl.float32, buffer=nl.shared_hbm)
+    lse_out = nl.ndarray((n_rows, 1), nl.float32, buffer=nl.shared_hbm)
+    for r0, rows in spans(n_rows, P):
+        tgt_f = cast(load(targets[r0:r0 + rows, 0:1]), nl.float32)
+        m = new((rows, 1))
+        nisa.memset(dst=m, value=NEG_BIG)
+        l_sum = nl.zeros((rows, 1), nl.float32, buffer=nl.sbuf)
+        z_tgt = nl.zeros((rows, 1), nl.float32, buffer=nl.sbuf)
+        for c0, cols in spans(vocab, FCHUNK):
+            z = load(logits[r0:r0 + rows, c0:c0 + cols])
+            cmax = new((rows, 1))
+            nisa.tensor_reduce(dst=cmax, op=nl.maximum, data=z, axis=1, keepdims=True)
+            m_new = new((rows, 1))
+            nisa.tensor_tensor(dst=m_new, data1=m, data2=cmax, op=nl.maximum)
+            neg_m = new((rows, 1))
+            nisa.tensor_scalar(dst=neg_m, data=m_new, op0=nl.multiply, operand0=-1.0)
+            e = new((rows, cols))
+            csum = new((rows, 1))
+            nisa.activation(dst=e, op=nl.exp, data=z, bias=neg_m, reduce_op=nl.add,
+                            reduce_res=csum)
+            alpha = new((rows, 1))  # exp(m_old - m_new) rescales the running sum
+            nisa.activation(dst=alpha, op=nl.exp, data=m, bias=neg_m)
+            nisa.tensor_tensor(dst=l_sum, data1=l_sum, data2=alpha, op=nl.multiply)
+            nisa.tensor_tensor(dst=l_sum, data1=l_sum, data2=csum, op=nl.add)
+            nisa.tensor_copy(dst=m, src=m_new)
+            picked = new((rows, cols))
+            nisa.tensor_tensor(dst=picked, data1=_onehot(tgt_f, rows, c0, cols), data2=z,
+                               op=nl.multiply)
+            zc = new((rows, 1))
+            nisa.tensor_reduce(dst=zc, op=nl.add, data=picked, axis=1, keepdims=True)
+            nisa.tensor_tensor(dst=z_tgt, data1=z_tgt, data2=zc, op=nl.add)
+        lse = new((rows, 1))
+        nisa.activation(dst=lse, op=nl.log, data=l_sum)
+        nisa.tensor_tensor(dst=lse, data1=lse, data2=m, op=nl.add)
+        row_loss = new((rows, 1))
+        nisa.tensor_tensor(dst=row_loss, data1=lse, data2=z_tgt, op=nl.subtract)
+        nisa.dma_copy(dst=loss[r0:r0 + rows, 0:1], src=row_loss)
+        nisa.dma_copy(dst=lse_out[r0:r0 + rows, 0:1], src=lse)
+    return loss, lse_out
+
+
+@nki.jit
+def cross_entropy_bwd(logits, targets, lse, scale: float):
+    """dlogits [N, V] in logits' dtype: (softmax(logits) - onehot(targets)) * scale."""
+    n_rows, vocab = logits.shape
+    dlogits = nl.ndarray((n_rows, vocab), logits.dtype, buffer=nl.shared_hbm)
+    for r0, rows in spans(n_rows, P):
+        tgt_f = cast(load(targets[r0:r0 + rows, 0:1]), nl.float32)
+        neg_lse = new((rows, 1))
+        nisa.tensor_scalar(dst=neg_lse, data=load(lse[r0:r0 + rows, 0:1]), op0=nl.multiply,
+                           operand0=-1.0)
+        for c0, cols in spans(vocab, FCHUNK):
+            z = load(logits[r0:r0 + rows, c0:c0 + cols])
+            prob = new((rows, cols))
+            nisa.activation(dst=prob, op=nl.exp, data=z, bias=neg_lse)
+            diff = new((rows, cols))
+            nisa.tensor_tensor(dst=diff, data1=prob, data2=_onehot(tgt_f, rows, c0, cols),
+                               op=nl.subtract)
+            d_t = new((rows, cols), logits.dtype)
+            nisa.tensor_scalar(dst=d_t, data=diff, op0=nl.multiply, operand0=scale)
+            nisa.dma_copy(dst=dlogits[r0:r0 + rows, c0:c0 + cols], src=d_t)
+    return dlogits

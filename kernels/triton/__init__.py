@@ -1,0 +1,23 @@
+"""trainbench's Triton training kernels, each a torch.autograd.Function behind a plain function.
+
+Every op has a forward and a backward Triton kernel and follows the signatures of
+trainbench.backends.torch.ops, so it can replace the PyTorch-native op one at a time:
+
+    rmsnorm(x, weight, eps)                      RMSNorm with float32 statistics
+    rope(x, cos, sin)                            rotary embedding, Hugging Face half-split layout
+    swiglu(gate, up)                             silu(gate) * up
+    linear_cross_entropy(x, weight, targets)     LM head + mean cross-entropy, chunked over rows
+    flash_attention(q, k, v, causal, scale)      FlashAttention-2 with grouped-query heads
+
+On the CPU the kernels run in Triton's interpreter: TRITON_INTERPRET=1 must be set before
+`triton` is first imported, because Triton decides at import time whether its own library
+functions (tl.sum, tl.max, ...) are compiled or interpreted.
+"""
+
+from trainbench.kernels.triton.attention import flash_attention
+from trainbench.kernels.triton.cross_entropy import linear_cross_entropy
+from trainbench.kernels.triton.rmsnorm import rmsnorm
+from trainbench.kernels.triton.rope import rope
+from trainbench.kernels.triton.swiglu import swiglu
+
+__all__ = ["flash_attention", "linear_cross_entropy", "rmsnorm", "rope", "swiglu"]

@@ -1,0 +1,47 @@
+"""Checks and launch helpers shared by the kernels."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+from triton.runtime.interpreter import InterpretedFunction
+
+INTERPRETING = isinstance(tl.standard.sum, InterpretedFunction)
+"""Whether Triton's own library was set up for the interpreter when `triton` was imported."""
+
+
+def check_runnable(name: str, *tensors: torch.Tensor) -> None:
+    """Raise a clear error when the kernel cannot run on the tensors' device."""
+    devices = {t.device for t in tensors}
+    if len(devices) > 1:
+        raise ValueError(f"{name}: inputs are on several devices {sorted(map(str, devices))}; "
+                         "move them to one")
+    device = devices.pop()
+    if device.type == "cpu" and not INTERPRETING:
+        raise RuntimeError(f"{name}: tensors are on the CPU but Triton's interpreter is off; "
+                           "set TRITON_INTERPRET=1 before triton is first imported, or use CUDA")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"{name}: device {device} is not supported; Triton runs on cuda "
+                         "(or on the cpu in the interpreter)")
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The autocast dtype active for `device`'s type, or None when autocast is off."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return None
+
+
+@functools.cache
+def program_slots(device: torch.device) -> int:
+    """How many persistent programs fill the device: 4 per SM on a GPU, 4 in the interpreter."""
+    if device.type == "cuda":
+        return 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    return 4
+
+
+def next_pow2(n: int) -> int:
+    return triton.next_power_of_2(n)
