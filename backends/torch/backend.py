@@ -54,7 +54,7 @@ class TorchConfig(BackendConfig):
     swiglu: str = "native"
     """silu(gate) * up: native | triton."""
     cross_entropy: str = "native"
-    """LM head + cross-entropy: native (full logits) | triton (fused, chunked over the vocab)."""
+    """LM head + cross-entropy: native (full logits) | triton (fused with the head matmul, chunked over rows: no [N, V] buffer is kept)."""
     attention: str = "native"
     """Causal GQA attention: native (scaled_dot_product_attention) | triton (flash attention)."""
 
