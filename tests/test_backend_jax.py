@@ -187,3 +187,9 @@ def test_auto_ranks_jax_above_the_reference():
 
     assert JaxBackend.availability().ok
     assert JaxBackend.preference() > ReferenceBackend.preference()
+
+
+def test_matmul_probe_measures_a_positive_rate():
+    backend = JaxBackend(JaxConfig(), model.preset("tiny"), PRECISIONS["fp32"], OptimConfig(), 1)
+    peak = backend.matmul_peak("float32")
+    assert peak.method == "measured" and peak.flops_per_s > 0 and "jnp.matmul" in peak.source

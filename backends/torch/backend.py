@@ -17,7 +17,6 @@ import importlib.util
 import os
 import resource
 import sys
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Mapping
 
@@ -54,7 +53,8 @@ class TorchConfig(BackendConfig):
     swiglu: str = "native"
     """silu(gate) * up: native | triton."""
     cross_entropy: str = "native"
-    """LM head + cross-entropy: native (full logits) | triton (fused with the head matmul, chunked over rows: no [N, V] buffer is kept)."""
+    """LM head + cross-entropy: native (full logits) | triton (fused with the head matmul,
+    chunked over rows: no [N, V] buffer is kept)."""
     attention: str = "native"
     """Causal GQA attention: native (scaled_dot_product_attention) | triton (flash attention)."""
 
@@ -296,17 +296,13 @@ class TorchBackend(Backend):
         torch_dtype = getattr(torch, dtype)
         a = torch.randn(n, n, device=self.torch_dev).to(torch_dtype)
         b = torch.randn(n, n, device=self.torch_dev).to(torch_dtype)
-        out = torch.matmul(a, b)  # warm-up: kernel selection, allocator, thread pool
-        best = 0.0
-        for _ in range(repeats):  # the best repeat: slower ones measure interference
-            products = 0
+        out = torch.empty_like(a)
+
+        def product() -> None:
+            torch.matmul(a, b, out=out)
             self.synchronize()
-            start = time.perf_counter()
-            while time.perf_counter() - start < min_time_s:
-                torch.matmul(a, b, out=out)
-                products += 1
-                self.synchronize()
-            best = max(best, 2 * n**3 * products / (time.perf_counter() - start))
+
+        best = hardware.best_matmul_rate(product, n, repeats, min_time_s)
         return hardware.PeakInfo(best, dtype, f"torch {torch.__version__} matmul", "measured",
                                  f"best of {repeats} repeats of {n}x{n} {dtype} torch.matmul "
                                  f"on {self.torch_dev.type}, each looped for {min_time_s:g} s; "

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 import yaml
@@ -166,6 +166,32 @@ def _blas_name() -> str:
         return ""
 
 
+def best_matmul_rate(product: Callable[[], object], n: int, repeats: int,
+                     min_time_s: float) -> float:
+    """Best FLOP/s of an n x n x n matrix product over `repeats` timings (the MAMF probe that
+    every backend's framework shares).
+
+    `product()` runs one product and returns when it has finished. After one untimed warm-up
+    (buffers, kernel choice, threads), each repeat loops products for at least `min_time_s`; a
+    product is 2*n^3 FLOPs. The best repeat is the rate: slower ones measure interference.
+    """
+    product()
+    best = 0.0
+    for _ in range(repeats):
+        products = 0
+        start = time.perf_counter()
+        while True:
+            product()
+            products += 1
+            elapsed = time.perf_counter() - start
+            if elapsed >= min_time_s:
+                break
+        best = max(best, 2 * n**3 * products / elapsed)
+    if not (math.isfinite(best) and best > 0):
+        raise RuntimeError(f"matmul probe measured {best} FLOP/s")
+    return best
+
+
 def measure_cpu_matmul_peak(dtype: str = "float32", n: int = 1024, repeats: int = 5,
                             min_time_s: float = 0.2) -> PeakInfo:
     """Achievable CPU matmul FLOP/s: the best of `repeats` timings of NumPy n×n products.
@@ -189,20 +215,7 @@ def measure_cpu_matmul_peak(dtype: str = "float32", n: int = 1024, repeats: int 
     a = rng.standard_normal((n, n)).astype(dt)
     b = rng.standard_normal((n, n)).astype(dt)
     out = np.empty((n, n), dtype=dt)
-    np.matmul(a, b, out=out)  # warm-up: page in the buffers, start BLAS threads
-    best = 0.0
-    for _ in range(repeats):
-        products = 0
-        start = time.perf_counter()
-        while True:
-            np.matmul(a, b, out=out)
-            products += 1
-            elapsed = time.perf_counter() - start
-            if elapsed >= min_time_s:
-                break
-        best = max(best, 2 * n**3 * products / elapsed)
-    if not (math.isfinite(best) and best > 0):
-        raise RuntimeError(f"CPU matmul probe measured {best} FLOP/s")
+    best = best_matmul_rate(lambda: np.matmul(a, b, out=out), n, repeats, min_time_s)
     blas = _blas_name()
     source = f"numpy {np.__version__} matmul" + (f" ({blas})" if blas else "")
     return PeakInfo(best, dt.name, source, "measured",
