@@ -27,6 +27,21 @@ def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.Completed
                           capture_output=True, text=True, timeout=timeout)
 
 
+def train_tiny(backend, steps: int, batch: int = 8, seq: int = 32):
+    """Set `backend` up on the tiny model's seed-0 weights, train `steps` steps on seed-0
+    synthetic batches, and return the losses (numpy array)."""
+    import numpy as np
+
+    from trainbench import data, model
+
+    tiny = model.preset("tiny")
+    backend.setup(model.init_params(tiny, seed=0))
+    source = data.SyntheticTokens(tiny.vocab, batch, seq, seed=0)
+    losses = [backend.loss(backend.train_step(s, source.batch(s))) for s in range(steps)]
+    backend.synchronize()
+    return np.array(losses)
+
+
 def read_json_files(folder: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
 

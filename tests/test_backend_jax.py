@@ -8,6 +8,8 @@ from trainbench.backends.jax.backend import JaxBackend, JaxConfig
 from trainbench.config import PRECISIONS, OptimConfig
 from trainbench.errors import ConfigError
 
+from conftest import train_tiny
+
 TINY = model.preset("tiny")
 
 
@@ -15,11 +17,7 @@ def _train(precision="fp32", steps=4, batch=8, seq=32, optim=None, **backend_fie
     """A tiny-model backend trained `steps` steps; returns it and its losses."""
     backend = JaxBackend(JaxConfig(**backend_fields), TINY, PRECISIONS[precision],
                          optim or OptimConfig(), total_steps=steps)
-    backend.setup(model.init_params(TINY, seed=0))
-    source = data.SyntheticTokens(TINY.vocab, batch, seq, seed=0)
-    losses = [backend.loss(backend.train_step(s, source.batch(s))) for s in range(steps)]
-    backend.synchronize()
-    return backend, np.array(losses)
+    return backend, train_tiny(backend, steps, batch, seq)
 
 
 def test_parity_with_reference_fp32():

@@ -5,13 +5,14 @@ import json
 
 import numpy as np
 import pytest
-
 import torch
 
 from trainbench import data, model, optim, parity, reference, registry
 from trainbench.backends.torch.backend import TorchBackend, TorchConfig
 from trainbench.config import PRECISIONS, OptimConfig
 from trainbench.errors import ConfigError
+
+from conftest import train_tiny
 
 TINY = model.preset("tiny")
 
@@ -20,11 +21,7 @@ def _train(precision="fp32", steps=4, batch=8, seq=32, optim_cfg=None, **backend
     """A tiny-model backend trained `steps` steps; returns it and its losses."""
     backend = TorchBackend(TorchConfig(**backend_fields), TINY, PRECISIONS[precision],
                            optim_cfg or OptimConfig(), total_steps=steps)
-    backend.setup(model.init_params(TINY, seed=0))
-    source = data.SyntheticTokens(TINY.vocab, batch, seq, seed=0)
-    losses = [backend.loss(backend.train_step(s, source.batch(s))) for s in range(steps)]
-    backend.synchronize()
-    return backend, np.array(losses)
+    return backend, train_tiny(backend, steps, batch, seq)
 
 
 def test_one_training_step_matches_the_reference_update():

@@ -18,11 +18,11 @@ import importlib.util
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from trainbench.backend import Availability, DeviceInfo
 from trainbench.backends.torch import ops
-from trainbench.backends.torch.backend import PARALLEL, TorchBackend, TorchConfig
+from trainbench.backends.torch.backend import TorchBackend, TorchConfig
 from trainbench.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -56,15 +56,7 @@ class NeuronConfig(TorchConfig):
     attention: str = "nki"
     """Causal GQA attention: nki (flash attention kernel) | native (SDPA)."""
 
-    def __post_init__(self) -> None:
-        if self.device not in DEVICES:
-            raise ConfigError(f"backend.device={self.device!r} must be one of: "
-                              + ", ".join(DEVICES))
-        if self.parallel not in PARALLEL:
-            raise ConfigError(f"backend.parallel={self.parallel!r} must be one of: "
-                              + ", ".join(PARALLEL))
-        for op in ops.OPS:
-            ops.check_choice(op, getattr(self, op))
+    devices: ClassVar[tuple[str, ...]] = DEVICES
 
 
 def _installed(module: str) -> bool:

@@ -18,7 +18,7 @@ import os
 import resource
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, ClassVar, Mapping
 
 import numpy as np
 
@@ -58,10 +58,13 @@ class TorchConfig(BackendConfig):
     attention: str = "native"
     """Causal GQA attention: native (scaled_dot_product_attention) | triton (flash attention)."""
 
+    devices: ClassVar[tuple[str, ...]] = DEVICES
+    """The `device` values this backend accepts (a subclass for another device widens it)."""
+
     def __post_init__(self) -> None:
-        if self.device not in DEVICES:
+        if self.device not in self.devices:
             raise ConfigError(f"backend.device={self.device!r} must be one of: "
-                              + ", ".join(DEVICES))
+                              + ", ".join(self.devices))
         if self.parallel not in PARALLEL:
             raise ConfigError(f"backend.parallel={self.parallel!r} must be one of: "
                               + ", ".join(PARALLEL))
