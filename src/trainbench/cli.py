@@ -353,7 +353,9 @@ def cmd_parity(argv: Sequence[str]) -> int:
         err = rep.errors[key]
         ref = rep.reference.get(key)
         cand = rep.candidate.get(key)
-        table.add_row(key.replace("steps", f"{args.steps} steps"),
+        label = {"loss_step0": "loss at step 0", "grads_step0": "gradients at step 0",
+                 "loss_after_steps": f"loss after {args.steps} steps"}[key]
+        table.add_row(label,
                       "-" if ref is None else f"{ref:.6f}", "-" if cand is None else f"{cand:.6f}",
                       f"{err:.2e}", f"{tol:.0e}", "yes" if err <= tol else "NO")
     Console(width=140).print(table)
