@@ -136,9 +136,10 @@ def test_cases_name_the_kernels_parameters() -> None:
 def test_cases_outputs_match_what_the_kernels_return(act: str) -> None:
     """Run each kernel once (emulator or simulator, untimed) on tiny ragged shapes: its outputs
     have the shapes and dtypes the byte count assumes."""
-    ml_dtypes = pytest.importorskip("ml_dtypes") if act == "bfloat16" else None
+    import ml_dtypes  # a [neuron] dependency, installed by `make setup`
+
     want = {"float32": np.dtype(np.float32), "int32": np.dtype(np.int32),
-            "act": np.dtype(ml_dtypes.bfloat16) if ml_dtypes else np.dtype(np.float32)}
+            "act": np.dtype(ml_dtypes.bfloat16 if act == "bfloat16" else np.float32)}
     for case in bench.build_cases(**TINY):
         kernel = getattr(importlib.import_module(case.module), case.kernel)
         out = kernel(*bench.make_inputs(case, act).values(), *case.scalars)
