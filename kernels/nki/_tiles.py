@@ -61,3 +61,37 @@ def broadcast_row(row_hbm, n_cols: int, dtype):
 def new(shape, dtype=nl.float32):
     """A new SBUF tile (float32 unless given)."""
     return nl.ndarray(shape, dtype, buffer=nl.sbuf)
+
+
+def online_softmax_step(m, l_sum, s, rows: int, cols: int):
+    """One column block of a streaming (online) softmax over rows of scores.
+
+    Updates, in place, the running row max `m` and the running sum `l_sum` of exp(s - m)
+    (both [rows, 1] float32) with the block `s` [rows, cols]; returns p = exp(s - m_new)
+    [rows, cols] and alpha = exp(m_old - m_new) [rows, 1], which rescales anything else
+    accumulated against the old max (flash attention's output accumulator).
+    """
+    block_max = new((rows, 1))
+    nisa.tensor_reduce(dst=block_max, op=nl.maximum, data=s, axis=1, keepdims=True)
+    m_new = new((rows, 1))
+    nisa.tensor_tensor(dst=m_new, data1=m, data2=block_max, op=nl.maximum)
+    neg_m = new((rows, 1))
+    nisa.tensor_scalar(dst=neg_m, data=m_new, op0=nl.multiply, operand0=-1.0)
+    p = new((rows, cols))
+    block_sum = new((rows, 1))
+    nisa.activation(dst=p, op=nl.exp, data=s, bias=neg_m, reduce_op=nl.add,
+                    reduce_res=block_sum)
+    alpha = new((rows, 1))
+    nisa.activation(dst=alpha, op=nl.exp, data=m, bias=neg_m)
+    nisa.tensor_tensor(dst=l_sum, data1=l_sum, data2=alpha, op=nl.multiply)
+    nisa.tensor_tensor(dst=l_sum, data1=l_sum, data2=block_sum, op=nl.add)
+    nisa.tensor_copy(dst=m, src=m_new)
+    return p, alpha
+
+
+def log_sum_exp(m, l_sum, rows: int):
+    """lse = log(l_sum) + m [rows, 1], the end of an online softmax."""
+    lse = new((rows, 1))
+    nisa.activation(dst=lse, op=nl.log, data=l_sum)
+    nisa.tensor_tensor(dst=lse, data1=lse, data2=m, op=nl.add)
+    return lse

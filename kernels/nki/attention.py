@@ -18,7 +18,8 @@ dQ += dS K. Every sum over tiles accumulates in SBUF float32; each PSUM tile hol
 from __future__ import annotations
 
 from trainbench.kernels.nki._api import nisa, nki, nl
-from trainbench.kernels.nki._tiles import NEG_BIG, P, cast, load, new, spans, transpose
+from trainbench.kernels.nki._tiles import (NEG_BIG, P, cast, load, log_sum_exp, new,
+                                           online_softmax_step, spans, transpose)
 
 
 def _check(q, k) -> tuple[int, int, int, int, int]:
@@ -77,21 +78,7 @@ def flash_attention_fwd(q, k, v, scale: float, causal: bool):
                     k_t = transpose(load(k[b, c0:c0 + cols, hk, 0:dim]))  # (D, cols)
                     v_t = load(v[b, c0:c0 + cols, hk, 0:dim])  # (cols, D)
                     s = _scores(q_t, k_t, r0, c0, scale, causal and c0 + cols > r0)
-                    smax = new((rows, 1))
-                    nisa.tensor_reduce(dst=smax, op=nl.maximum, data=s, axis=1, keepdims=True)
-                    m_new = new((rows, 1))
-                    nisa.tensor_tensor(dst=m_new, data1=m, data2=smax, op=nl.maximum)
-                    neg_m = new((rows, 1))
-                    nisa.tensor_scalar(dst=neg_m, data=m_new, op0=nl.multiply, operand0=-1.0)
-                    p = new((rows, cols))
-                    psum_row = new((rows, 1))
-                    nisa.activation(dst=p, op=nl.exp, data=s, bias=neg_m, reduce_op=nl.add,
-                                    reduce_res=psum_row)
-                    alpha = new((rows, 1))  # exp(m_old - m_new)
-                    nisa.activation(dst=alpha, op=nl.exp, data=m, bias=neg_m)
-                    nisa.tensor_tensor(dst=l_sum, data1=l_sum, data2=alpha, op=nl.multiply)
-                    nisa.tensor_tensor(dst=l_sum, data1=l_sum, data2=psum_row, op=nl.add)
-                    nisa.tensor_copy(dst=m, src=m_new)
+                    p, alpha = online_softmax_step(m, l_sum, s, rows, cols)
                     p_t = transpose(cast(p, v.dtype))  # (cols, rows)
                     pv = nl.ndarray((rows, dim), nl.float32, buffer=nl.psum)
                     nisa.nc_matmul(dst=pv, stationary=p_t, moving=v_t)
@@ -100,10 +87,7 @@ def flash_attention_fwd(q, k, v, scale: float, causal: bool):
                 o_t = new((rows, dim), q.dtype)
                 nisa.tensor_scalar(dst=o_t, data=acc, op0=nl.divide, operand0=l_sum)
                 nisa.dma_copy(dst=out[b, r0:r0 + rows, h, 0:dim], src=o_t)
-                lse_t = new((rows, 1))
-                nisa.activation(dst=lse_t, op=nl.log, data=l_sum)
-                nisa.tensor_tensor(dst=lse_t, data1=lse_t, data2=m, op=nl.add)
-                nisa.dma_copy(dst=lse[b, h, r0:r0 + rows, 0:1], src=lse_t)
+                nisa.dma_copy(dst=lse[b, h, r0:r0 + rows, 0:1], src=log_sum_exp(m, l_sum, rows))
     return out, lse
 
 

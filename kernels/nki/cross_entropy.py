@@ -11,7 +11,8 @@ logits [N, V] in float32 or bfloat16, targets [N, 1] int32.
 from __future__ import annotations
 
 from trainbench.kernels.nki._api import nisa, nki, nl
-from trainbench.kernels.nki._tiles import FCHUNK, NEG_BIG, P, cast, load, new, spans
+from trainbench.kernels.nki._tiles import (FCHUNK, NEG_BIG, P, cast, load, log_sum_exp, new,
+                                           online_softmax_step, spans)
 
 
 def _onehot(tgt_f, rows: int, c0: int, cols: int):
@@ -37,30 +38,14 @@ def cross_entropy_fwd(logits, targets):
         z_tgt = nl.zeros((rows, 1), nl.float32, buffer=nl.sbuf)
         for c0, cols in spans(vocab, FCHUNK):
             z = load(logits[r0:r0 + rows, c0:c0 + cols])
-            cmax = new((rows, 1))
-            nisa.tensor_reduce(dst=cmax, op=nl.maximum, data=z, axis=1, keepdims=True)
-            m_new = new((rows, 1))
-            nisa.tensor_tensor(dst=m_new, data1=m, data2=cmax, op=nl.maximum)
-            neg_m = new((rows, 1))
-            nisa.tensor_scalar(dst=neg_m, data=m_new, op0=nl.multiply, operand0=-1.0)
-            e = new((rows, cols))
-            csum = new((rows, 1))
-            nisa.activation(dst=e, op=nl.exp, data=z, bias=neg_m, reduce_op=nl.add,
-                            reduce_res=csum)
-            alpha = new((rows, 1))  # exp(m_old - m_new) rescales the running sum
-            nisa.activation(dst=alpha, op=nl.exp, data=m, bias=neg_m)
-            nisa.tensor_tensor(dst=l_sum, data1=l_sum, data2=alpha, op=nl.multiply)
-            nisa.tensor_tensor(dst=l_sum, data1=l_sum, data2=csum, op=nl.add)
-            nisa.tensor_copy(dst=m, src=m_new)
+            online_softmax_step(m, l_sum, z, rows, cols)
             picked = new((rows, cols))
             nisa.tensor_tensor(dst=picked, data1=_onehot(tgt_f, rows, c0, cols), data2=z,
                                op=nl.multiply)
             zc = new((rows, 1))
             nisa.tensor_reduce(dst=zc, op=nl.add, data=picked, axis=1, keepdims=True)
             nisa.tensor_tensor(dst=z_tgt, data1=z_tgt, data2=zc, op=nl.add)
-        lse = new((rows, 1))
-        nisa.activation(dst=lse, op=nl.log, data=l_sum)
-        nisa.tensor_tensor(dst=lse, data1=lse, data2=m, op=nl.add)
+        lse = log_sum_exp(m, l_sum, rows)
         row_loss = new((rows, 1))
         nisa.tensor_tensor(dst=row_loss, data1=lse, data2=z_tgt, op=nl.subtract)
         nisa.dma_copy(dst=loss[r0:r0 + rows, 0:1], src=row_loss)
