@@ -20,10 +20,10 @@ run: setup
 
 # The default test suite: everything but the tests marked slow (about a few minutes on 2 cores).
 test: setup
-	$(PY) -m pytest -n 2 -m "not slow"
+	$(VENV)/bin/pytest -n 2 -m "not slow"
 
 test-all: setup
-	$(PY) -m pytest -n 2
+	$(VENV)/bin/pytest -n 2
 
 bench: setup
 	$(PY) scripts/bench_reference.py
