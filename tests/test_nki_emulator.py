@@ -75,9 +75,7 @@ def test_tile_rank_rule():
     with rule("tile-rank"):
         nl.ndarray((128,), nl.float32, buffer=nl.sbuf)
     t = nl.zeros((4, 3), nl.float32, buffer=nl.sbuf)
-    with rule("tile-rank"):
-        t[0:4, 1]
-    assert t[0:4, 1:2].shape == (4, 1)
+    assert t[0:4, 1].shape == (4, 1)  # an integer index keeps its dimension, as in NKI
 
 
 def test_buffer_kind_rule():
@@ -190,7 +188,7 @@ def test_activation_with_vector_scale_bias_and_sum():
     x, scale, bias = rand(9, 20), rand(9, 1), rand(9, 1)
     dst, total = sbuf(rand(9, 20)), sbuf(rand(9, 1))
     nisa.activation(dst=dst, op=nl.exp, data=sbuf(x), bias=sbuf(bias), scale=sbuf(scale),
-                    reduce_op=nl.add, reduce_res=total)
+                    reduce_op=nl.add, reduce_res=total, reduce_cmd=nisa.reduce_cmd.reset_reduce)
     expected = np.exp(x * scale + bias)
     np.testing.assert_allclose(dst.data, expected, rtol=1e-6)
     np.testing.assert_allclose(total.data, expected.sum(axis=1, keepdims=True), rtol=1e-6)
@@ -212,6 +210,8 @@ def test_activation_rules():
     x = sbuf(rand(4, 5))
     with rule("unsupported-op"):
         nisa.activation(dst=sbuf(rand(4, 5)), op=np.tanh, data=x)
+    with rule("unsupported-op"):  # an ALU operator, not an activation function
+        nisa.activation(dst=sbuf(rand(4, 5)), op=nl.maximum, data=x)
     with rule("activation-reduce"):
         nisa.activation(dst=sbuf(rand(4, 5)), op=nl.exp, data=x, reduce_op=nl.maximum,
                         reduce_res=sbuf(rand(4, 1)))
@@ -223,7 +223,7 @@ def test_activation_rules():
 
 @pytest.mark.parametrize("op, ref", [
     (nl.add, np.add), (nl.subtract, np.subtract), (nl.multiply, np.multiply),
-    (nl.divide, np.divide), (nl.maximum, np.maximum), (nl.minimum, np.minimum),
+    (nl.maximum, np.maximum), (nl.minimum, np.minimum),
 ])
 def test_tensor_tensor(op, ref):
     a, b = rand(7, 13), rand(7, 13)
