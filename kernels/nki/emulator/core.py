@@ -21,7 +21,8 @@ from trainbench.kernels.nki.emulator.table import table
 PMAX = 128
 """Partitions of SBUF and PSUM: the largest first (partition) dimension of an on-chip tile."""
 PSUM_BANK_BYTES = 2048
-"""Bytes per partition of one PSUM bank: 512 float32, the largest free size of a PSUM tile."""
+"""Bytes per partition of one PSUM bank: 512 float32 (psum_fmax). A PSUM tile spans at most
+the target's `psum_tile_bytes` (api.yaml): one bank on trn2, all eight on trn3."""
 GEMM_STATIONARY_FMAX = 128
 """Largest free size of nc_matmul's stationary operand (the Tensor Engine's 128 PE columns)."""
 GEMM_MOVING_FMAX = 512
@@ -171,10 +172,12 @@ def check_tile(t: Tensor, what: str) -> None:
                            f"partitions; tile_size.pmax is {PMAX}")
     if t.buffer is PSUM:
         per_partition = free_size(t) * t.dtype.itemsize
-        if per_partition > PSUM_BANK_BYTES:
+        limit = target_limits()["psum_tile_bytes"]
+        if per_partition > limit:
             raise NkiRuleError("psum-bank", f"{what}: {t.describe()} holds {per_partition} bytes "
-                               f"per partition; a PSUM tile fits one {PSUM_BANK_BYTES}-byte bank "
-                               "(psum_fmax = 512 float32)")
+                               f"per partition; a PSUM tile on {STATE.target} spans at most "
+                               f"{limit} bytes ({limit // PSUM_BANK_BYTES} bank(s) of "
+                               f"{PSUM_BANK_BYTES})")
 
 
 def on_chip(t: Any, what: str) -> Tensor:

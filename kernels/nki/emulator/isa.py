@@ -14,6 +14,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Any, Sequence
 
+import ml_dtypes
 import numpy as np
 
 from trainbench.kernels.nki.emulator import language as nl
@@ -95,7 +96,7 @@ def memset(dst, value, engine=engine.unknown, name=None) -> None:
         if float(value) != int(value) or not info.min <= int(value) <= info.max:
             raise NkiRuleError("memset-value", f"memset value={value!r} is not a "
                                f"{dst.dtype} value (integers {info.min}..{info.max})")
-    elif np.isfinite(value) and not np.isfinite(np.asarray(value, np.float32).astype(dst.dtype)):
+    elif np.isfinite(value) and abs(value) > float(ml_dtypes.finfo(dst.dtype).max):
         raise NkiRuleError("memset-value", f"memset value={value!r} overflows {dst.dtype}")
     write(dst, np.full(dst.shape, value, np.float32))
 
@@ -272,10 +273,7 @@ def _activate(what: str, dst: Tensor, op: Any, data: Tensor, bias: Any, scale: A
                            "activation table (nki.api.shared.rst, tbl-act-func)")
     p = data.shape[0]
     x = flat(data) * scalar_or_vector(scale, p, f"{what} scale", fp32=True)
-    if bias is not None:
-        if not isinstance(bias, Tensor) and not target_limits()["activation_scalar_bias"]:
-            raise NkiRuleError("vector-operand", f"{what} bias must be a (P, 1) tile on "
-                               f"{STATE.target}")
+    if bias is not None:  # a scalar bias needs NeuronCore-v3+: every target here
         x = x + scalar_or_vector(bias, p, f"{what} bias")
     y = np.asarray(op(x), np.float32)
     write(dst, y)
