@@ -4,7 +4,8 @@ Rows on the partitions, the vocabulary streamed in 512-column chunks with an onl
 (running max m and sum l, rescaled by exp(m_old - m_new) per chunk), so a row's logits never
 need to fit in SBUF at once. The target's logit is picked with an iota == target one-hot.
 Forward gives per-row loss lse - z[target] and lse (float32, [N, 1]); the mean over rows is the
-caller's (one sum). Backward: dlogits = (exp(z - lse) - onehot) * scale, scale = dloss / N.
+caller's (one sum). Backward: dlogits = (exp(z - lse) - onehot) * row_scale, row_scale [N, 1]
+float32 the upstream gradient of each row's loss (dloss / N for the mean).
 logits [N, V] in float32 or bfloat16, targets [N, 1] int32. Row tiles are shared out over the
 launch grid's programs.
 """
@@ -59,8 +60,8 @@ def cross_entropy_fwd(logits, targets):
 
 
 @nki.jit
-def cross_entropy_bwd(logits, targets, lse, scale: float):
-    """dlogits [N, V] in logits' dtype: (softmax(logits) - onehot(targets)) * scale."""
+def cross_entropy_bwd(logits, targets, lse, row_scale):
+    """dlogits [N, V] in logits' dtype: (softmax(logits) - onehot(targets)) * row_scale."""
     n_rows, vocab = logits.shape
     dlogits = nl.ndarray((n_rows, vocab), logits.dtype, buffer=nl.shared_hbm)
     for i in my_units(n_tiles(n_rows, P)):
@@ -70,6 +71,7 @@ def cross_entropy_bwd(logits, targets, lse, scale: float):
         neg_lse = new((rows, 1))
         nisa.tensor_scalar(dst=neg_lse, data=load(lse[r0:r0 + rows, 0:1]), op0=nl.multiply,
                            operand0=-1.0)
+        scale = load(row_scale[r0:r0 + rows, 0:1])
         for j in nl.static_range(n_tiles(vocab, FCHUNK)):
             c0 = j * FCHUNK
             cols = extent(vocab, FCHUNK, j)
