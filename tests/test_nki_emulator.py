@@ -396,7 +396,7 @@ def test_reduce_cmd_rules():
                         reduce_cmd=nisa.reduce_cmd.load_reduce)
 
 
-# --- nc_matmul accumulate ---------------------------------------------------------------------------
+# --- nc_matmul accumulate -------------------------------------------------------------------------
 
 def test_matmul_accumulate_none_overwrites_first_then_accumulates():
     s, m = rand(16, 8), rand(16, 12)
@@ -495,7 +495,7 @@ def test_trn2_and_trn3_matmul_limits_differ():
             pass
 
 
-# --- relaxations: what NKI allows ------------------------------------------------------------------
+# --- relaxations: what NKI allows -----------------------------------------------------------------
 
 def test_integer_index_keeps_a_size_one_dimension():
     x = hbm(rand(2, 5, 3, 4))
@@ -530,7 +530,7 @@ def test_reciprocal():
     np.testing.assert_array_equal(dst.data, np.float32(1.0) / x)
 
 
-# --- SPMD launch grid -------------------------------------------------------------------------------
+# --- SPMD launch grid -----------------------------------------------------------------------------
 
 @jit
 def _row_per_program(x):

@@ -51,7 +51,8 @@ def _not_emulated(what: str, **options: Any) -> None:
 def _alu(op: Any, what: str) -> nl.Op:
     """An operator of the documented ALU table (tbl-aluop), else unsupported-op."""
     if not nl.is_alu(op):
-        hint = " (no divide instruction: use nisa.reciprocal and multiply)" if op is nl.divide else ""
+        hint = (" (no divide instruction: use nisa.reciprocal and multiply)"
+                if op is nl.divide else "")
         raise NkiRuleError("unsupported-op", f"{what}: {op!r} is not in the documented ALU "
                            f"operator table (nki.api.shared.rst, tbl-aluop){hint}")
     return op
