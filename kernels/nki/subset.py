@@ -4,7 +4,9 @@
 kernel modules, found by name in the kernel's globals, recursively) and raises NkiSubsetError at
 the first construct outside the subset. `nki.simulate` runs plain Python, so code like this
 passes there and fails only in the compiler; trainbench runs the check as a test and before the
-emulator runs a kernel. The rules, each a construct nki-library's kernels never use:
+emulator runs a kernel. The rules: constructs the kernels of aws-neuron/nki-library do without
+and that the NKI guide's warning about code that runs in nki.simulate but fails to compile
+covers (trainbench's reading; no NKI compiler was available to confirm each one):
 
     raise            error handling inside a kernel: use `assert` (checked while tracing)
     comprehension    list / set / dict comprehensions and generator expressions
