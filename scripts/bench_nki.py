@@ -209,12 +209,30 @@ def environment() -> dict[str, Any]:
             "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
+def _nki_lack() -> str | None:
+    """Why the real `nki` is unusable (absent, or PyPI's placeholder), else None."""
+    from trainbench.kernels.nki._api import real_nki
+
+    found = real_nki()
+    return None if isinstance(found, tuple) else found
+
+
+def _installed_lack(package: str) -> str | None:
+    if importlib.util.find_spec(package) is None:
+        return f"the `{package}` package is not installed"
+    return None
+
+
+PACKAGE_CHECKS = {"nki": _nki_lack}
+"""Packages with a check beyond "importable" (a placeholder `nki` must not pass)."""
+
+
 def missing(package: str, step: str) -> str | None:
     """One line naming what `step` lacks here (the package, a Neuron device), or None."""
     lacks = []
-    if importlib.util.find_spec(package) is None:
-        lacks.append(f"the `{package}` package is not installed (AWS's pip index, "
-                     "pip.repos.neuron.amazonaws.com)")
+    lack = PACKAGE_CHECKS.get(package, lambda: _installed_lack(package))()
+    if lack:
+        lacks.append(f"{lack} (AWS's pip index, pip.repos.neuron.amazonaws.com)")
     if not glob.glob(NEURON_SYSFS):
         lacks.append(f"no Neuron device ({NEURON_SYSFS} does not exist)")
     if not lacks:

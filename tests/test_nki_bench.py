@@ -230,3 +230,12 @@ def test_time_step_records_figures_from_device_durations(tmp_path: Path, monkeyp
     att = rows["flash_attention_fwd"]
     assert att["fraction"] == pytest.approx(att["flops"] / 2e-3 / trn2.peak_flops_per_device("fp32"))
     assert record["per_device_bandwidth_bytes_s"] == bandwidth and record["lnc"] == 1
+
+
+def test_a_placeholder_nki_is_not_taken_for_the_real_one(monkeypatch) -> None:
+    """PyPI's `nki` placeholder imports but has no nki.isa / nki.jit: compile still refuses."""
+    import types
+
+    monkeypatch.setitem(sys.modules, "nki", types.ModuleType("nki"))
+    lack = bench.missing("nki", "compile")
+    assert lack is not None and "placeholder" in lack
