@@ -6,6 +6,8 @@ reference backend (trainbench.parity's tolerances: 1e-5 / 1e-4 / 1e-4 relative).
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -51,11 +53,11 @@ def test_availability_names_each_missing_piece(monkeypatch):
 
     _fake_install(monkeypatch, {"torch", "torch_neuronx", "nki"}, devices=0)
     reason = NeuronBackend.availability().reason
-    assert "no `neuron` device" in reason and "torch-neuronx" not in reason
+    assert "no Neuron device" in reason and "torch-neuronx" not in reason
 
     _fake_install(monkeypatch, {"torch", "torch_neuronx", "nki"}, devices=4)
     avail = NeuronBackend.availability()
-    assert avail.ok and avail.devices == "4 x neuron" and "unavailable" not in avail.reason
+    assert avail.ok and avail.devices == "4 x Neuron device" and "unavailable" not in avail.reason
     assert NeuronBackend.preference() == 30
 
 
@@ -169,3 +171,41 @@ def test_documented_compile_and_process_group_backends(monkeypatch):
                             total_steps=1)
     backend._init_runtime()
     assert joined == ["gloo"]  # the CPU mode; on `neuron` the table gives "neuron"
+
+
+def test_neuron_device_sets_the_lnc_before_importing_torch_neuronx(monkeypatch):
+    """NEURON_LOGICAL_NC_CONFIG gets backend.lnc (or the chip's default) before TorchNeuron is
+    imported, and a different value already set is refused (kernels and neuronx-cc must agree)."""
+    import importlib.machinery
+    import sys
+
+    seen = []
+
+    class Finder:  # a stand-in torch_neuronx that records the environment when imported
+        def find_spec(self, name, path=None, target=None):
+            if name != "torch_neuronx":
+                return None
+            return importlib.machinery.ModuleSpec(name, self)
+
+        def create_module(self, spec):
+            return None
+
+        def exec_module(self, module):
+            seen.append(os.environ.get("NEURON_LOGICAL_NC_CONFIG"))
+
+    monkeypatch.setattr(neuron, "missing_neuron", lambda: [])
+    monkeypatch.setattr(NeuronBackend, "_chip", staticmethod(lambda: "trn2.48xlarge"))
+    monkeypatch.delitem(sys.modules, "torch_neuronx", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [Finder(), *sys.meta_path])
+    monkeypatch.delenv("NEURON_LOGICAL_NC_CONFIG", raising=False)
+    backend = NeuronBackend(NeuronConfig(device="neuron"), TINY, PRECISIONS["fp32"],
+                            OptimConfig(), total_steps=1)
+    with pytest.raises(RuntimeError, match="neuron"):  # this PyTorch has no `neuron` device
+        backend.torch_device()
+    assert seen == ["2"] and backend.lnc == 2  # Trn2's documented default, set before import
+
+    monkeypatch.setenv("NEURON_LOGICAL_NC_CONFIG", "2")
+    backend = NeuronBackend(NeuronConfig(device="neuron", lnc=1), TINY, PRECISIONS["fp32"],
+                            OptimConfig(), total_steps=1)
+    with pytest.raises(ConfigError, match="backend.lnc=1 but NEURON_LOGICAL_NC_CONFIG=2"):
+        backend.torch_device()

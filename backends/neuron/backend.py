@@ -25,6 +25,7 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import functools
+import glob
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -54,6 +55,8 @@ for _op, _fn in NKI_OPS.items():
 DEVICES = ("auto", "neuron", "cpu")
 LNC_DEGREES = (1, 2)
 """Logical NeuronCore degrees the Neuron SDK supports (NKI LNC page)."""
+NEURON_SYSFS = "/sys/devices/virtual/neuron_device/neuron*"
+"""One entry per Neuron device (chip) the driver has loaded."""
 PRODUCT_NAME = Path("/sys/devices/virtual/dmi/id/product_name")
 """The EC2 instance type (e.g. trn2.48xlarge), which names the chip in the hardware table."""
 
@@ -107,16 +110,9 @@ def _version(package: str) -> str | None:
 
 
 def _neuron_devices() -> int:
-    """How many `neuron` devices PyTorch sees (0 without TorchNeuron or Trainium)."""
-    if not (_installed("torch") and _installed("torch_neuronx")):
-        return 0
-    import torch
-    import torch_neuronx  # noqa: F401 - registers the `neuron` device
-
-    accelerator = torch.accelerator.current_accelerator()
-    if accelerator is None or accelerator.type != "neuron":
-        return 0
-    return torch.accelerator.device_count()
+    """Neuron devices (chips) the Neuron driver exposes, 0 without one. Read from sysfs, not by
+    importing torch_neuronx: that import must wait until NEURON_LOGICAL_NC_CONFIG is set."""
+    return len(glob.glob(NEURON_SYSFS))
 
 
 def _nki_missing() -> str | None:
@@ -145,8 +141,8 @@ def missing_neuron() -> list[str]:
             missing.append(f"torch {torch_version} has no torch-neuronx family (TorchNeuron "
                            f"supports torch {', '.join(families)})")
         if _neuron_devices() == 0:
-            missing.append("PyTorch sees no `neuron` device (no Trainium2/3 NeuronCore, or the "
-                           "Neuron driver is not loaded)")
+            missing.append(f"no Neuron device ({NEURON_SYSFS} matches nothing: not a Trn2/Trn3 "
+                           "instance, or the Neuron driver is not loaded)")
     nki_missing = _nki_missing()
     if nki_missing:
         missing.append(nki_missing + " (NKI compiler and nki.simulate; AWS's Neuron pip index)")
@@ -190,7 +186,7 @@ class NeuronBackend(TorchBackend):
         missing = missing_neuron()
         if not missing:
             return Availability(True, "TorchNeuron with NKI kernels",
-                                devices=f"{_neuron_devices()} x neuron")
+                                devices=f"{_neuron_devices()} x Neuron device")
         return Availability(True, "CPU mode only (NKI kernels emulated, for correctness, not "
                             "speed); real Neuron is unavailable: " + "; ".join(missing),
                             devices="1 x cpu")
