@@ -195,13 +195,16 @@ def test_neuron_device_sets_the_lnc_before_importing_torch_neuronx(monkeypatch):
 
     monkeypatch.setattr(neuron, "missing_neuron", lambda: [])
     monkeypatch.setattr(NeuronBackend, "_chip", staticmethod(lambda: "trn2.48xlarge"))
-    monkeypatch.delitem(sys.modules, "torch_neuronx", raising=False)
+    assert "torch_neuronx" not in sys.modules
     monkeypatch.setattr(sys, "meta_path", [Finder(), *sys.meta_path])
     monkeypatch.delenv("NEURON_LOGICAL_NC_CONFIG", raising=False)
     backend = NeuronBackend(NeuronConfig(device="neuron"), TINY, PRECISIONS["fp32"],
                             OptimConfig(), total_steps=1)
-    with pytest.raises(RuntimeError, match="neuron"):  # this PyTorch has no `neuron` device
-        backend.torch_device()
+    try:
+        with pytest.raises(RuntimeError, match="neuron"):  # this PyTorch has no `neuron` device
+            backend.torch_device()
+    finally:
+        sys.modules.pop("torch_neuronx", None)  # the stand-in must not outlive the test
     assert seen == ["2"] and backend.lnc == 2  # Trn2's documented default, set before import
 
     monkeypatch.setenv("NEURON_LOGICAL_NC_CONFIG", "2")
