@@ -118,3 +118,14 @@ def test_every_name_the_kernels_use_is_in_the_table():
     lang_names = (set(documented("language")) | set(lang["buffers"]["names"])
                   | set(lang["dtypes"]["names"]) | {"tile_size"} | set(OPS))
     assert _used_names("nl") <= lang_names
+
+
+def test_values_outside_the_allowed_lists_raise():
+    """The table's `allowed` lists: accumulate None/True/False; activation's reduce_cmd and
+    reduce_op (tested with the reduce_cmd rules in test_nki_emulator.py)."""
+    x = _sbuf((4, 4))
+    assert [p["allowed"] for p in params("isa", "nc_matmul") if p["name"] == "accumulate"] == \
+        [[None, True, False]]
+    with pytest.raises(NkiRuleError, match=r"^\[bad-value\] nc_matmul accumulate='yes'"):
+        isa.nc_matmul(dst=language.ndarray((4, 4), language.float32, buffer=language.psum),
+                      stationary=x, moving=x, accumulate="yes")
