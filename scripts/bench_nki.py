@@ -130,14 +130,15 @@ def build_cases(d_model: int, d_ff: int, n_heads: int, n_kv_heads: int, head_dim
         Case("rmsnorm_fwd", nki + "rmsnorm", "rmsnorm_fwd", (x, w),
              (Arg("y", (n, d), "act"), rstd), (eps,)),
         Case("rmsnorm_bwd", nki + "rmsnorm", "rmsnorm_bwd", (Arg("dy", (n, d), "act"), x, w, rstd),
-             (Arg("dx", (n, d), "act"), Arg("dw", (1, d), "float32"))),
+             (Arg("dx", (n, d), "act"), Arg("dw_parts", (1, d), "float32"))),  # LNC=1: one part
         Case("swiglu_fwd", nki + "swiglu", "swiglu_fwd", (a, gate_b), (Arg("out", (n, f), "act"),)),
         Case("swiglu_bwd", nki + "swiglu", "swiglu_bwd", (Arg("dout", (n, f), "act"), a, gate_b),
              (Arg("da", (n, f), "act"), Arg("db", (n, f), "act"))),
         Case("cross_entropy_fwd", nki + "cross_entropy", "cross_entropy_fwd", (logits, targets),
              (Arg("loss", (n, 1), "float32"), Arg("lse", (n, 1), "float32"))),
         Case("cross_entropy_bwd", nki + "cross_entropy", "cross_entropy_bwd",
-             (logits, targets, ce_lse), (Arg("dlogits", (n, v), "act"),), (1.0 / n,)),
+             (logits, targets, ce_lse, Arg("row_scale", (n, 1), "float32", fill=1.0 / n)),
+             (Arg("dlogits", (n, v), "act"),)),
         Case("flash_attention_fwd", nki + "attention", "flash_attention_fwd", (q, k, vv),
              (o, Arg("lse", (b, hq, t, 1), "float32")), (scale, True), fwd_flops),
         Case("flash_attention_bwd", nki + "attention", "flash_attention_bwd",
@@ -208,12 +209,30 @@ def environment() -> dict[str, Any]:
             "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
+def _nki_lack() -> str | None:
+    """Why the real `nki` is unusable (absent, or PyPI's placeholder), else None."""
+    from trainbench.kernels.nki._api import real_nki
+
+    found = real_nki()
+    return None if isinstance(found, tuple) else found
+
+
+def _installed_lack(package: str) -> str | None:
+    if importlib.util.find_spec(package) is None:
+        return f"the `{package}` package is not installed"
+    return None
+
+
+PACKAGE_CHECKS = {"nki": _nki_lack}
+"""Packages with a check beyond "importable" (a placeholder `nki` must not pass)."""
+
+
 def missing(package: str, step: str) -> str | None:
     """One line naming what `step` lacks here (the package, a Neuron device), or None."""
     lacks = []
-    if importlib.util.find_spec(package) is None:
-        lacks.append(f"the `{package}` package is not installed (AWS's pip index, "
-                     "pip.repos.neuron.amazonaws.com)")
+    lack = PACKAGE_CHECKS.get(package, lambda: _installed_lack(package))()
+    if lack:
+        lacks.append(f"{lack} (AWS's pip index, pip.repos.neuron.amazonaws.com)")
     if not glob.glob(NEURON_SYSFS):
         lacks.append(f"no Neuron device ({NEURON_SYSFS} does not exist)")
     if not lacks:

@@ -11,6 +11,8 @@ their numerics are the kernels' and are tested there.
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
@@ -110,3 +112,53 @@ def test_bfloat16_in_bfloat16_out():
     out = nki_autograd.flash_attention(q, q.detach(), q.detach())
     out.float().sum().backward()
     assert out.dtype == q.grad.dtype == torch.bfloat16
+
+
+def test_kernels_are_registered_custom_operators_with_autograd():
+    """nki_op where TorchNeuron is installed, else torch.library.custom_op (same registry)."""
+    expected = ("torch_neuronx.nki_op" if importlib.util.find_spec("torch_neuronx")
+                else "torch.library.custom_op")
+    assert nki_autograd.REGISTRATION == expected
+    for name in ("rmsnorm", "swiglu", "cross_entropy", "flash_attention"):
+        for way in ("fwd", "bwd"):
+            assert hasattr(torch.ops.trainbench_nki, f"{name}_{way}")
+
+
+def test_fake_implementations_match_the_kernels():
+    """torch.library.opcheck: schema, fake (meta) shapes and autograd registration agree with
+    what the kernels return (torch.compile traces with the fake implementations)."""
+    rng = np.random.default_rng(4)
+    x, w = torch.randn(70, 24), torch.randn(1, 24)
+    torch.library.opcheck(nki_autograd.rmsnorm_fwd, (x.requires_grad_(), w, 1e-5),
+                          test_utils=("test_schema", "test_faketensor",
+                                      "test_autograd_registration"))
+    logits = torch.randn(9, 600, requires_grad=True)
+    tgt = torch.tensor(rng.integers(0, 600, (9, 1)), dtype=torch.int32)
+    torch.library.opcheck(nki_autograd.cross_entropy_fwd, (logits, tgt),
+                          test_utils=("test_faketensor", "test_autograd_registration"))
+    q = torch.randn(1, 20, 2, 16, requires_grad=True)
+    torch.library.opcheck(nki_autograd.flash_attention_fwd, (q, q[:, :, :1].detach(),
+                                                             q[:, :, :1].detach(), 0.25, True),
+                          test_utils=("test_faketensor", "test_autograd_registration"))
+
+
+def test_lnc_grid_gives_the_same_gradients(monkeypatch):
+    rng = np.random.default_rng(5)
+    results = []
+    for degree in (1, 2):
+        monkeypatch.setattr(nki_autograd, "_LNC", [1])
+        nki_autograd.set_lnc(degree)
+        x, w = leaf(rng, 300, 40), leaf(rng, 40)
+        x.data[...] = torch.linspace(-1, 1, 300 * 40).reshape(300, 40)
+        w.data[...] = torch.linspace(0.5, 1.5, 40)
+        nki_autograd.rmsnorm(x, w, 1e-5).square().sum().backward()
+        results.append((x.grad, w.grad))
+    torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="degree 3"):
+        nki_autograd.set_lnc(3)
+
+
+def test_wrapper_rejects_wide_heads_before_running():
+    q = torch.zeros(1, 4, 1, 129)
+    with pytest.raises(ValueError, match="head_dim=129 > 128"):
+        nki_autograd.flash_attention(q, q, q)

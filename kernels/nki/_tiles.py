@@ -1,7 +1,11 @@
-"""Tile bookkeeping shared by the kernels: ragged tiling and a few SBUF/PSUM idioms.
+"""Tile bookkeeping shared by the kernels: ragged tiling, SPMD sharding and a few SBUF/PSUM
+idioms.
 
 Helper functions called from an `nki.jit` kernel are inlined by the NKI compiler; they take and
-return NKI tiles and use only `nl` / `nisa` from trainbench.kernels.nki._api.
+return NKI tiles and use only `nl` / `nisa` from trainbench.kernels.nki._api, within the NKI
+Python subset (trainbench.kernels.nki.subset). Loops whose tile shapes depend on the index use
+nl.static_range, so every tile shape is a compile-time constant: tile i covers [i * size,
+i * size + extent(n, size, i)).
 """
 
 from __future__ import annotations
@@ -16,15 +20,26 @@ NEG_BIG = -3.0e38
 """A finite stand-in for -inf: exp(NEG_BIG - m) is 0 and NEG_BIG - NEG_BIG is 0, never NaN."""
 
 
-def spans(n: int, size: int) -> list[tuple[int, int]]:
-    """(start, length) of each tile of `size` over n, the last one ragged: a Python-level list,
-    so loops over it unroll (nl.static_range semantics) and every tile shape is a constant."""
-    return [(s, min(size, n - s)) for s in range(0, n, size)]
+def n_tiles(n: int, size: int) -> int:
+    """Tiles of `size` over n, the last one ragged."""
+    return (n + size - 1) // size
 
 
-def load(src, dtype=None):
-    """A new SBUF tile holding the HBM view `src` (rows <= 128), in src's dtype unless given."""
-    t = nl.ndarray(src.shape, dtype or src.dtype, buffer=nl.sbuf)
+def extent(n: int, size: int, i: int) -> int:
+    """Length of tile i of `size` over n."""
+    return min(size, n - i * size)
+
+
+def my_units(n_units: int):
+    """This program's share of n_units independent work units on the SPMD grid (one program
+    per physical NeuronCore of the logical core, LNC): units pid, pid + n, pid + 2n, ..."""
+    return nl.static_range(nl.program_id(0), n_units, nl.num_programs(0))
+
+
+def load(src, shape=None, dtype=None):
+    """A new SBUF tile holding the HBM view `src` (rows <= 128), of src's shape and dtype unless
+    given (an integer-indexed dimension of src keeps size 1; `shape` drops it)."""
+    t = nl.ndarray(shape or src.shape, dtype or src.dtype, buffer=nl.sbuf)
     nisa.dma_copy(dst=t, src=src)
     return t
 
@@ -51,7 +66,9 @@ def broadcast_row(row_hbm, n_cols: int, dtype):
     nisa.memset(dst=ones, value=1.0)
     row = load(row_hbm)
     out = nl.ndarray((P, n_cols), nl.float32, buffer=nl.sbuf)
-    for c0, cols in spans(n_cols, FCHUNK):
+    for j in nl.static_range(n_tiles(n_cols, FCHUNK)):
+        c0 = j * FCHUNK
+        cols = extent(n_cols, FCHUNK, j)
         ps = nl.ndarray((P, cols), nl.float32, buffer=nl.psum)
         nisa.nc_matmul(dst=ps, stationary=ones, moving=row[0:1, c0:c0 + cols])
         nisa.tensor_copy(dst=out[0:P, c0:c0 + cols], src=ps)
@@ -61,6 +78,16 @@ def broadcast_row(row_hbm, n_cols: int, dtype):
 def new(shape, dtype=nl.float32):
     """A new SBUF tile (float32 unless given)."""
     return nl.ndarray(shape, dtype, buffer=nl.sbuf)
+
+
+def row_sum_exp(p, s, bias):
+    """p = exp(s + bias) and its per-partition sum [rows, 1], in one Scalar Engine instruction:
+    reduce_cmd=reset_reduce zeroes the engine's reduce registers, adds this call's sum and
+    reads it out (with the default idle, reduce_res would read stale registers)."""
+    total = new((s.shape[0], 1))
+    nisa.activation(dst=p, op=nl.exp, data=s, bias=bias, reduce_op=nl.add, reduce_res=total,
+                    reduce_cmd=nisa.reduce_cmd.reset_reduce)
+    return total
 
 
 def online_softmax_step(m, l_sum, s, rows: int, cols: int):
@@ -78,9 +105,7 @@ def online_softmax_step(m, l_sum, s, rows: int, cols: int):
     neg_m = new((rows, 1))
     nisa.tensor_scalar(dst=neg_m, data=m_new, op0=nl.multiply, operand0=-1.0)
     p = new((rows, cols))
-    block_sum = new((rows, 1))
-    nisa.activation(dst=p, op=nl.exp, data=s, bias=neg_m, reduce_op=nl.add,
-                    reduce_res=block_sum)
+    block_sum = row_sum_exp(p, s, neg_m)
     alpha = new((rows, 1))
     nisa.activation(dst=alpha, op=nl.exp, data=m, bias=neg_m)
     nisa.tensor_tensor(dst=l_sum, data1=l_sum, data2=alpha, op=nl.multiply)

@@ -7,30 +7,30 @@ partitions. Scores S = Q K^T come from nc_matmul(stationary=Q^T [D, rows], movin
 [D, cols]) into a float32 PSUM tile; the diagonal tile is masked with affine_select
 (row - col >= 0); the online softmax keeps the running max m and sum l per row in float32; P is
 cast to v's dtype and transposed on the Tensor Engine so that P V = nc_matmul(P^T, V). The
-output and lse = m + log(l) (float32, [B, Hq, T, 1]) are stored.
+output O = acc * (1 / l) (nisa.reciprocal: there is no divide instruction) and
+lse = m + log(l) (float32, [B, Hq, T, 1]) are stored.
 
 Backward recomputes P = exp(S - lse) per tile. Pass 1, per key tile: dV += P^T dO and
 dK += dS^T Q over every query head of the group and every query tile at or below the diagonal,
 with dS = P * (dO V^T - delta) * scale and delta = rowsum(dO * O). Pass 2, per query tile:
 dQ += dS K. Every sum over tiles accumulates in SBUF float32; each PSUM tile holds one product.
+Work is shared out over the launch grid's programs by (batch, head) in the forward and by
+(batch, kv head) in the backward, so no two programs write the same rows.
 """
 
 from __future__ import annotations
 
 from trainbench.kernels.nki._api import nisa, nki, nl
-from trainbench.kernels.nki._tiles import (NEG_BIG, P, cast, load, log_sum_exp, new,
-                                           online_softmax_step, spans, transpose)
+from trainbench.kernels.nki._tiles import (NEG_BIG, P, cast, extent, load, log_sum_exp, my_units,
+                                           n_tiles, new, online_softmax_step, transpose)
 
 
-def _check(q, k) -> tuple[int, int, int, int, int]:
+def _check(q, k):
+    """(batch, seq, query heads, head dim, group size), asserting the kernel's limits."""
     batch, seq, n_q, dim = q.shape
     n_kv = k.shape[2]
-    if dim > P:
-        raise ValueError(f"flash attention: head_dim={dim} > {P}; the kernel keeps one head's "
-                         "features on the partitions of Q^T and K^T")
-    if n_q % n_kv:
-        raise ValueError(f"flash attention: {n_q} query heads are not a multiple of {n_kv} "
-                         "kv heads")
+    assert dim <= P, "flash attention keeps one head's features on the partitions: head_dim <= 128"
+    assert n_q % n_kv == 0, "flash attention: query heads must be a multiple of kv heads"
     return batch, seq, n_q, dim, n_q // n_kv
 
 
@@ -49,9 +49,9 @@ def _scores(q_t, k_t, r0: int, c0: int, scale: float, masked: bool):
     return s
 
 
-def _key_tiles(seq: int, r0: int, rows: int, causal: bool) -> list[tuple[int, int]]:
-    """Key tiles a query tile [r0, r0 + rows) attends to: up to its diagonal when causal."""
-    return [(c0, cols) for c0, cols in spans(seq, P) if not causal or c0 < r0 + rows]
+def _n_key_tiles(seq: int, r0: int, rows: int, causal: bool) -> int:
+    """Key tiles 0.. a query tile [r0, r0 + rows) attends to: up to its diagonal when causal."""
+    return n_tiles(r0 + rows, P) if causal else n_tiles(seq, P)
 
 
 def _acc_add(acc, ps):
@@ -65,29 +65,36 @@ def flash_attention_fwd(q, k, v, scale: float, causal: bool):
     batch, seq, n_q, dim, group = _check(q, k)
     out = nl.ndarray((batch, seq, n_q, dim), q.dtype, buffer=nl.shared_hbm)
     lse = nl.ndarray((batch, n_q, seq, 1), nl.float32, buffer=nl.shared_hbm)
-    for b in nl.affine_range(batch):
-        for h in nl.affine_range(n_q):
-            hk = h // group
-            for r0, rows in spans(seq, P):
-                q_t = transpose(load(q[b, r0:r0 + rows, h, 0:dim]))  # (D, rows)
-                m = new((rows, 1))
-                nisa.memset(dst=m, value=NEG_BIG)
-                l_sum = nl.zeros((rows, 1), nl.float32, buffer=nl.sbuf)
-                acc = nl.zeros((rows, dim), nl.float32, buffer=nl.sbuf)
-                for c0, cols in _key_tiles(seq, r0, rows, causal):
-                    k_t = transpose(load(k[b, c0:c0 + cols, hk, 0:dim]))  # (D, cols)
-                    v_t = load(v[b, c0:c0 + cols, hk, 0:dim])  # (cols, D)
-                    s = _scores(q_t, k_t, r0, c0, scale, causal and c0 + cols > r0)
-                    p, alpha = online_softmax_step(m, l_sum, s, rows, cols)
-                    p_t = transpose(cast(p, v.dtype))  # (cols, rows)
-                    pv = nl.ndarray((rows, dim), nl.float32, buffer=nl.psum)
-                    nisa.nc_matmul(dst=pv, stationary=p_t, moving=v_t)
-                    nisa.tensor_scalar(dst=acc, data=acc, op0=nl.multiply, operand0=alpha)
-                    _acc_add(acc, pv)
-                o_t = new((rows, dim), q.dtype)
-                nisa.tensor_scalar(dst=o_t, data=acc, op0=nl.divide, operand0=l_sum)
-                nisa.dma_copy(dst=out[b, r0:r0 + rows, h, 0:dim], src=o_t)
-                nisa.dma_copy(dst=lse[b, h, r0:r0 + rows, 0:1], src=log_sum_exp(m, l_sum, rows))
+    for u in my_units(batch * n_q):
+        b = u // n_q
+        h = u % n_q
+        hk = h // group
+        for i in nl.static_range(n_tiles(seq, P)):
+            r0 = i * P
+            rows = extent(seq, P, i)
+            q_t = transpose(load(q[b, r0:r0 + rows, h, 0:dim], (rows, dim)))  # (D, rows)
+            m = new((rows, 1))
+            nisa.memset(dst=m, value=NEG_BIG)
+            l_sum = nl.zeros((rows, 1), nl.float32, buffer=nl.sbuf)
+            acc = nl.zeros((rows, dim), nl.float32, buffer=nl.sbuf)
+            for j in nl.static_range(_n_key_tiles(seq, r0, rows, causal)):
+                c0 = j * P
+                cols = extent(seq, P, j)
+                k_t = transpose(load(k[b, c0:c0 + cols, hk, 0:dim], (cols, dim)))  # (D, cols)
+                v_t = load(v[b, c0:c0 + cols, hk, 0:dim], (cols, dim))
+                s = _scores(q_t, k_t, r0, c0, scale, causal and c0 + cols > r0)
+                p, alpha = online_softmax_step(m, l_sum, s, rows, cols)
+                p_t = transpose(cast(p, v.dtype))  # (cols, rows)
+                pv = nl.ndarray((rows, dim), nl.float32, buffer=nl.psum)
+                nisa.nc_matmul(dst=pv, stationary=p_t, moving=v_t)
+                nisa.tensor_scalar(dst=acc, data=acc, op0=nl.multiply, operand0=alpha)
+                _acc_add(acc, pv)
+            inv_l = new((rows, 1))
+            nisa.reciprocal(dst=inv_l, data=l_sum)
+            o_t = new((rows, dim), q.dtype)
+            nisa.tensor_scalar(dst=o_t, data=acc, op0=nl.multiply, operand0=inv_l)
+            nisa.dma_copy(dst=out[b, r0:r0 + rows, h, 0:dim], src=o_t)
+            nisa.dma_copy(dst=lse[b, h, r0:r0 + rows, 0:1], src=log_sum_exp(m, l_sum, rows))
     return out, lse
 
 
@@ -110,14 +117,27 @@ def _probs_and_dscores(q_t, k_t, v_t, do_t, neg_lse, delta, r0, c0, scale, maske
 
 def _query_side(q, do, lse, delta_hbm, b, h, r0, rows, dim):
     """Q^T, dO^T, Q, dO, -lse and delta for one query tile."""
-    q_rows = load(q[b, r0:r0 + rows, h, 0:dim])
-    do_rows = load(do[b, r0:r0 + rows, h, 0:dim])
+    q_rows = load(q[b, r0:r0 + rows, h, 0:dim], (rows, dim))
+    do_rows = load(do[b, r0:r0 + rows, h, 0:dim], (rows, dim))
     neg_lse = new((rows, 1))
-    nisa.tensor_scalar(dst=neg_lse, data=load(lse[b, h, r0:r0 + rows, 0:1]), op0=nl.multiply,
-                       operand0=-1.0)
-    delta = load(delta_hbm[b, h, r0:r0 + rows, 0:1])
-    return (transpose(q_rows), transpose(do_rows), q_rows, do_rows, neg_lse,
-            delta)
+    nisa.tensor_scalar(dst=neg_lse, data=load(lse[b, h, r0:r0 + rows, 0:1], (rows, 1)),
+                       op0=nl.multiply, operand0=-1.0)
+    delta = load(delta_hbm[b, h, r0:r0 + rows, 0:1], (rows, 1))
+    return transpose(q_rows), transpose(do_rows), q_rows, do_rows, neg_lse, delta
+
+
+def _delta(do, o, delta_hbm, b, h, seq, dim):
+    """delta = rowsum(dO * O) for query head h of batch b, float32, into delta_hbm."""
+    for i in nl.static_range(n_tiles(seq, P)):
+        r0 = i * P
+        rows = extent(seq, P, i)
+        prod = new((rows, dim))
+        nisa.tensor_tensor(dst=prod, data1=load(do[b, r0:r0 + rows, h, 0:dim], (rows, dim)),
+                           data2=load(o[b, r0:r0 + rows, h, 0:dim], (rows, dim)),
+                           op=nl.multiply)
+        d_t = new((rows, 1))
+        nisa.tensor_reduce(dst=d_t, op=nl.add, data=prod, axis=1, keepdims=True)
+        nisa.dma_copy(dst=delta_hbm[b, h, r0:r0 + rows, 0:1], src=d_t)
 
 
 @nki.jit
@@ -129,51 +149,52 @@ def flash_attention_bwd(q, k, v, o, do, lse, scale: float, causal: bool):
     dk = nl.ndarray(k.shape, q.dtype, buffer=nl.shared_hbm)
     dv = nl.ndarray(v.shape, q.dtype, buffer=nl.shared_hbm)
     delta_hbm = nl.ndarray((batch, n_q, seq, 1), nl.float32, buffer=nl.hbm)
-    for b in nl.affine_range(batch):  # delta = rowsum(dO * O), float32
-        for h in nl.affine_range(n_q):
-            for r0, rows in spans(seq, P):
-                prod = new((rows, dim))
-                nisa.tensor_tensor(dst=prod, data1=load(do[b, r0:r0 + rows, h, 0:dim]),
-                                   data2=load(o[b, r0:r0 + rows, h, 0:dim]), op=nl.multiply)
-                d_t = new((rows, 1))
-                nisa.tensor_reduce(dst=d_t, op=nl.add, data=prod, axis=1, keepdims=True)
-                nisa.dma_copy(dst=delta_hbm[b, h, r0:r0 + rows, 0:1], src=d_t)
-    for b in nl.affine_range(batch):  # pass 1: dK, dV per key tile
-        for hk in nl.affine_range(n_kv):
-            for c0, cols in spans(seq, P):
-                k_rows = load(k[b, c0:c0 + cols, hk, 0:dim])
-                k_t = transpose(k_rows)
-                v_t = transpose(load(v[b, c0:c0 + cols, hk, 0:dim]))
-                dk_acc = nl.zeros((cols, dim), nl.float32, buffer=nl.sbuf)
-                dv_acc = nl.zeros((cols, dim), nl.float32, buffer=nl.sbuf)
-                for g in nl.affine_range(group):
-                    h = hk * group + g
-                    for r0, rows in spans(seq, P):
-                        if causal and r0 + rows <= c0:
-                            continue  # the whole query tile is above this key tile
-                        q_t, do_t, q_rows, do_rows, neg_lse, delta = _query_side(
-                            q, do, lse, delta_hbm, b, h, r0, rows, dim)
-                        p, ds = _probs_and_dscores(q_t, k_t, v_t, do_t, neg_lse, delta, r0, c0,
-                                                   scale, causal and c0 + cols > r0, q.dtype)
-                        dv_ps = nl.ndarray((cols, dim), nl.float32, buffer=nl.psum)
-                        nisa.nc_matmul(dst=dv_ps, stationary=p, moving=do_rows)  # P^T dO
-                        _acc_add(dv_acc, dv_ps)
-                        dk_ps = nl.ndarray((cols, dim), nl.float32, buffer=nl.psum)
-                        nisa.nc_matmul(dst=dk_ps, stationary=ds, moving=q_rows)  # dS^T Q
-                        _acc_add(dk_acc, dk_ps)
-                nisa.dma_copy(dst=dk[b, c0:c0 + cols, hk, 0:dim], src=cast(dk_acc, q.dtype))
-                nisa.dma_copy(dst=dv[b, c0:c0 + cols, hk, 0:dim], src=cast(dv_acc, q.dtype))
-    for b in nl.affine_range(batch):  # pass 2: dQ per query tile
-        for h in nl.affine_range(n_q):
-            hk = h // group
-            for r0, rows in spans(seq, P):
+    n_seq_tiles = n_tiles(seq, P)
+    for u in my_units(batch * n_kv):
+        b = u // n_kv
+        hk = u % n_kv
+        for g in nl.static_range(group):
+            _delta(do, o, delta_hbm, b, hk * group + g, seq, dim)
+        for j in nl.static_range(n_seq_tiles):  # pass 1: dK, dV per key tile
+            c0 = j * P
+            cols = extent(seq, P, j)
+            k_rows = load(k[b, c0:c0 + cols, hk, 0:dim], (cols, dim))
+            k_t = transpose(k_rows)
+            v_t = transpose(load(v[b, c0:c0 + cols, hk, 0:dim], (cols, dim)))
+            dk_acc = nl.zeros((cols, dim), nl.float32, buffer=nl.sbuf)
+            dv_acc = nl.zeros((cols, dim), nl.float32, buffer=nl.sbuf)
+            first = j if causal else 0  # query tiles above the diagonal see no key of tile j
+            for g in nl.static_range(group):
+                h = hk * group + g
+                for i in nl.static_range(first, n_seq_tiles):
+                    r0 = i * P
+                    rows = extent(seq, P, i)
+                    q_t, do_t, q_rows, do_rows, neg_lse, delta = _query_side(
+                        q, do, lse, delta_hbm, b, h, r0, rows, dim)
+                    p, ds = _probs_and_dscores(q_t, k_t, v_t, do_t, neg_lse, delta, r0, c0,
+                                               scale, causal and c0 + cols > r0, q.dtype)
+                    dv_ps = nl.ndarray((cols, dim), nl.float32, buffer=nl.psum)
+                    nisa.nc_matmul(dst=dv_ps, stationary=p, moving=do_rows)  # P^T dO
+                    _acc_add(dv_acc, dv_ps)
+                    dk_ps = nl.ndarray((cols, dim), nl.float32, buffer=nl.psum)
+                    nisa.nc_matmul(dst=dk_ps, stationary=ds, moving=q_rows)  # dS^T Q
+                    _acc_add(dk_acc, dk_ps)
+            nisa.dma_copy(dst=dk[b, c0:c0 + cols, hk, 0:dim], src=cast(dk_acc, q.dtype))
+            nisa.dma_copy(dst=dv[b, c0:c0 + cols, hk, 0:dim], src=cast(dv_acc, q.dtype))
+        for g in nl.static_range(group):  # pass 2: dQ per query tile
+            h = hk * group + g
+            for i in nl.static_range(n_seq_tiles):
+                r0 = i * P
+                rows = extent(seq, P, i)
                 q_t, do_t, _, _, neg_lse, delta = _query_side(q, do, lse, delta_hbm, b, h, r0,
                                                               rows, dim)
                 dq_acc = nl.zeros((rows, dim), nl.float32, buffer=nl.sbuf)
-                for c0, cols in _key_tiles(seq, r0, rows, causal):
-                    k_rows = load(k[b, c0:c0 + cols, hk, 0:dim])
+                for j in nl.static_range(_n_key_tiles(seq, r0, rows, causal)):
+                    c0 = j * P
+                    cols = extent(seq, P, j)
+                    k_rows = load(k[b, c0:c0 + cols, hk, 0:dim], (cols, dim))
                     k_t = transpose(k_rows)
-                    v_t = transpose(load(v[b, c0:c0 + cols, hk, 0:dim]))
+                    v_t = transpose(load(v[b, c0:c0 + cols, hk, 0:dim], (cols, dim)))
                     _, ds = _probs_and_dscores(q_t, k_t, v_t, do_t, neg_lse, delta, r0, c0,
                                                scale, causal and c0 + cols > r0, q.dtype)
                     dq_ps = nl.ndarray((rows, dim), nl.float32, buffer=nl.psum)

@@ -5,13 +5,16 @@ Forward, per tile of rows: rstd = rsqrt(mean(x*x) + eps), y = (x * rstd) * w, wi
 row broadcast to all partitions once by a ones-vector matmul. Backward, with xhat = x * rstd:
 dx = rstd * (dy*w - xhat * mean(dy*w*xhat)), and dw = sum over rows of dy*xhat, the
 cross-partition sum done on the Tensor Engine (ones[rows, 1].T @ (dy*xhat)) and accumulated in
-an SBUF float32 row. x [N, D] and dy [N, D] in float32 or bfloat16; w [1, D]; rstd [N, 1] float32.
+an SBUF float32 row. Row tiles are shared out over the launch grid's programs; each program
+writes its partial dw row to dw_parts [programs, D], which the caller sums.
+x [N, D] and dy [N, D] in float32 or bfloat16; w [1, D]; rstd [N, 1] float32.
 """
 
 from __future__ import annotations
 
 from trainbench.kernels.nki._api import nisa, nki, nl
-from trainbench.kernels.nki._tiles import FCHUNK, P, broadcast_row, load, new, spans
+from trainbench.kernels.nki._tiles import (FCHUNK, P, broadcast_row, extent, load, my_units, new,
+                                           n_tiles)
 
 
 def _rstd(x_t, n_cols: int, eps: float):
@@ -36,7 +39,9 @@ def rmsnorm_fwd(x, w, eps: float):
     y = nl.ndarray((n_rows, n_cols), x.dtype, buffer=nl.shared_hbm)
     rstd_out = nl.ndarray((n_rows, 1), nl.float32, buffer=nl.shared_hbm)
     w_b = broadcast_row(w, n_cols, w.dtype)  # (128, D) float32
-    for r0, rows in spans(n_rows, P):
+    for i in my_units(n_tiles(n_rows, P)):
+        r0 = i * P
+        rows = extent(n_rows, P, i)
         x_t = load(x[r0:r0 + rows, 0:n_cols])
         rstd = _rstd(x_t, n_cols, eps)
         xhat = new((rows, n_cols))
@@ -50,15 +55,17 @@ def rmsnorm_fwd(x, w, eps: float):
 
 @nki.jit
 def rmsnorm_bwd(dy, x, w, rstd):
-    """dx [N, D] in x's dtype and dw [1, D] float32."""
+    """dx [N, D] in x's dtype and dw_parts [programs, D] float32 (dw = their sum)."""
     n_rows, n_cols = x.shape
     dx = nl.ndarray((n_rows, n_cols), x.dtype, buffer=nl.shared_hbm)
-    dw = nl.ndarray((1, n_cols), nl.float32, buffer=nl.shared_hbm)
+    dw_parts = nl.ndarray((nl.num_programs(0), n_cols), nl.float32, buffer=nl.shared_hbm)
     w_b = broadcast_row(w, n_cols, w.dtype)
     dw_acc = nl.zeros((1, n_cols), nl.float32, buffer=nl.sbuf)
     ones = new((P, 1))
     nisa.memset(dst=ones, value=1.0)
-    for r0, rows in spans(n_rows, P):
+    for i in my_units(n_tiles(n_rows, P)):
+        r0 = i * P
+        rows = extent(n_rows, P, i)
         x_t = load(x[r0:r0 + rows, 0:n_cols])
         dy_t = load(dy[r0:r0 + rows, 0:n_cols])
         r_t = load(rstd[r0:r0 + rows, 0:1])
@@ -80,10 +87,13 @@ def rmsnorm_bwd(dy, x, w, rstd):
         nisa.dma_copy(dst=dx[r0:r0 + rows, 0:n_cols], src=dx_t)
         g = new((rows, n_cols))  # dy * xhat, summed over rows into dw
         nisa.tensor_tensor(dst=g, data1=dy_t, data2=xhat, op=nl.multiply)
-        for c0, cols in spans(n_cols, FCHUNK):
+        for j in nl.static_range(n_tiles(n_cols, FCHUNK)):
+            c0 = j * FCHUNK
+            cols = extent(n_cols, FCHUNK, j)
             ps = nl.ndarray((1, cols), nl.float32, buffer=nl.psum)
             nisa.nc_matmul(dst=ps, stationary=ones[0:rows, 0:1], moving=g[0:rows, c0:c0 + cols])
             nisa.tensor_tensor(dst=dw_acc[0:1, c0:c0 + cols], data1=dw_acc[0:1, c0:c0 + cols],
                                data2=ps, op=nl.add)
-    nisa.dma_copy(dst=dw, src=dw_acc)
-    return dx, dw
+    pid = nl.program_id(0)
+    nisa.dma_copy(dst=dw_parts[pid:pid + 1, 0:n_cols], src=dw_acc)
+    return dx, dw_parts

@@ -2,13 +2,14 @@
 
 Elementwise over [N, F] in tiles of 128 rows by 512 columns, the last ones ragged; float32 math
 on the Scalar and Vector engines, one rounding when the output tile is written. Backward
-recomputes s = sigmoid(a): da = dout * b * s * (1 + a * (1 - s)), db = dout * a * s.
+recomputes s = sigmoid(a): da = dout * b * s * (1 + a * (1 - s)), db = dout * a * s. Row tiles
+are shared out over the launch grid's programs (one per physical core of the LNC).
 """
 
 from __future__ import annotations
 
 from trainbench.kernels.nki._api import nisa, nki, nl
-from trainbench.kernels.nki._tiles import FCHUNK, P, load, new, spans
+from trainbench.kernels.nki._tiles import FCHUNK, P, extent, load, my_units, n_tiles, new
 
 
 def _silu(a_t):
@@ -25,8 +26,12 @@ def swiglu_fwd(a, b):
     """silu(a) * b, [N, F] in a's dtype."""
     n_rows, n_cols = a.shape
     out = nl.ndarray((n_rows, n_cols), a.dtype, buffer=nl.shared_hbm)
-    for r0, rows in spans(n_rows, P):
-        for c0, cols in spans(n_cols, FCHUNK):
+    for i in my_units(n_tiles(n_rows, P)):
+        r0 = i * P
+        rows = extent(n_rows, P, i)
+        for j in nl.static_range(n_tiles(n_cols, FCHUNK)):
+            c0 = j * FCHUNK
+            cols = extent(n_cols, FCHUNK, j)
             a_t = load(a[r0:r0 + rows, c0:c0 + cols])
             b_t = load(b[r0:r0 + rows, c0:c0 + cols])
             _, silu = _silu(a_t)
@@ -42,8 +47,12 @@ def swiglu_bwd(dout, a, b):
     n_rows, n_cols = a.shape
     da = nl.ndarray((n_rows, n_cols), a.dtype, buffer=nl.shared_hbm)
     db = nl.ndarray((n_rows, n_cols), b.dtype, buffer=nl.shared_hbm)
-    for r0, rows in spans(n_rows, P):
-        for c0, cols in spans(n_cols, FCHUNK):
+    for i in my_units(n_tiles(n_rows, P)):
+        r0 = i * P
+        rows = extent(n_rows, P, i)
+        for j in nl.static_range(n_tiles(n_cols, FCHUNK)):
+            c0 = j * FCHUNK
+            cols = extent(n_cols, FCHUNK, j)
             a_t = load(a[r0:r0 + rows, c0:c0 + cols])
             b_t = load(b[r0:r0 + rows, c0:c0 + cols])
             g_t = load(dout[r0:r0 + rows, c0:c0 + cols])

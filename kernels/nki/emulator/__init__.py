@@ -1,69 +1,68 @@
 """trainbench's NumPy emulation of the NKI subset its kernels use: `nki`, with `language`, `isa`.
 
 Used when the official `nki` package (AWS's index; it ships `nki.simulate`) is not installed.
-Same module-level names and call signatures as the real API for what the kernels call; every
-instruction executes with NumPy semantics and enforces the NeuronCore rules of its API page
-(partition size <= 128, buffer kinds, Tensor Engine operand and PSUM limits, float32 PSUM
-accumulation, DMA only between HBM and SBUF), raising NkiRuleError with the rule's name.
+It is held to the documented API, transcribed as data in kernels/nki/api.yaml (NKI 0.6.0 /
+Neuron SDK 2.32, from the aws-neuron/aws-neuron-sdk stubs and operator tables): the same names,
+parameters and defaults (an unknown keyword is Python's TypeError, as in NKI), only the
+documented operators and activation functions, the documented register semantics of
+`reduce_cmd`, nc_matmul's `accumulate=None` auto-accumulation, the float32 and buffer rules of
+each instruction's docstring and the per-target limits (`set_target("trn2" | "trn3")`, default
+trn2). Before a kernel runs, its source and the helpers it calls pass the NKI Python-subset check
+(trainbench.kernels.nki.subset). A rule broken raises NkiRuleError with the rule's name.
 
-Coverage, exactly what the kernels call, each following its page under
-https://awsdocs-neuron.readthedocs-hosted.com/en/latest/nki/api/ (NKI 0.6, Neuron SDK 2.32):
+Launch: `kernel(*arrays)` runs one program; `kernel[n](*arrays)` runs an SPMD grid of n
+programs (LNC=n) in order, nl.program_id(0) telling them apart, all sharing the shared_hbm
+tensors they allocate. A kernel gets NumPy inputs as shared HBM tensors, allocates its outputs
+with nl.ndarray(..., buffer=nl.shared_hbm), returns them; the caller receives NumPy arrays.
 
-  nki.jit, nki.simulate              generated/nki.jit.html, generated/nki.simulate.html
-  nl.ndarray, nl.zeros               generated/nki.language.ndarray.html, ...zeros.html
-  nl.sbuf, nl.psum, nl.hbm,          nki.language.html#memory-hierarchy
-    nl.private_hbm, nl.shared_hbm
-  nl.affine_range, nl.sequential_range, nl.static_range     generated/nki.language.<name>.html
-  nl.tile_size (pmax, psum_fmax, gemm_stationary_fmax, gemm_moving_fmax)
-                                     nki.language.tile_size.html
-  nl.float32, nl.bfloat16, nl.int32  nki.language.html#data-types
-  operator codes nl.add, subtract, multiply, divide, maximum, minimum, equal, greater_equal,
-    exp, log, sigmoid, rsqrt, copy   nki.language.html#math-operations
-  nisa.dma_copy                      generated/nki.isa.dma_copy.html
-  nisa.nc_matmul                     generated/nki.isa.nc_matmul.html
-  nisa.nc_transpose                  generated/nki.isa.nc_transpose.html
-  nisa.activation                    generated/nki.isa.activation.html
-  nisa.tensor_tensor                 generated/nki.isa.tensor_tensor.html
-  nisa.tensor_scalar                 generated/nki.isa.tensor_scalar.html
-  nisa.tensor_reduce                 generated/nki.isa.tensor_reduce.html
-  nisa.tensor_copy                   generated/nki.isa.tensor_copy.html
-  nisa.memset                        generated/nki.isa.memset.html
-  nisa.iota                          generated/nki.isa.iota.html
-  nisa.affine_select                 generated/nki.isa.affine_select.html
-
-Rules (the name NkiRuleError carries): partition-size, tile-rank, psum-bank, buffer-kind,
-static-access, operand-kind, engine-memory, dma-memory, matmul-memory, psum-dtype,
-matmul-contraction, matmul-stationary-size, matmul-moving-size, transpose-memory,
-transpose-size, transpose-dtype, vector-operand, reduce-axis, activation-reduce,
-affine-pattern, unsupported-op, shape-mismatch, top-level-hbm. Not emulated: timing, engine
-concurrency, SBUF capacity and allocation, the hardware's activation-function approximations.
-
-A kernel gets its NumPy inputs as HBM tensors, allocates its outputs with
-nl.ndarray(..., buffer=nl.shared_hbm) and returns them; the caller receives NumPy arrays.
+Not emulated: timing, engine concurrency, SBUF capacity and allocation, the hardware's
+activation-function approximations, the Vector Engine's accumulation registers.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 from typing import Any, Callable
 
 import numpy as np
 
+from trainbench.kernels.nki import subset
 from trainbench.kernels.nki.emulator import isa, language
-from trainbench.kernels.nki.emulator.core import SHARED_HBM, NkiRuleError, Tensor
+from trainbench.kernels.nki.emulator.core import (SHARED_HBM, STATE, Launch, NkiRuleError, Tensor,
+                                                  set_target, target)
 
-__all__ = ["NkiRuleError", "Tensor", "isa", "jit", "language", "simulate"]
+__all__ = ["NkiRuleError", "Tensor", "isa", "jit", "language", "set_target", "simulate",
+           "target"]
 
 
 class _Kernel:
     """A kernel function run by the emulator: NumPy arrays in, NumPy arrays out."""
 
-    def __init__(self, fn: Callable[..., Any]) -> None:
-        self.fn = fn
+    def __init__(self, fn: Callable[..., Any], grid: tuple[int, ...] = (1,)) -> None:
+        self.fn, self.grid = fn, grid
         functools.update_wrapper(self, fn)
 
+    def __getitem__(self, grid: int | tuple[int, ...]) -> "_Kernel":
+        """This kernel on an SPMD launch grid (kernel[2] = LNC=2)."""
+        grid = grid if isinstance(grid, tuple) else (grid,)
+        if not grid or any(not isinstance(g, int) or g < 1 for g in grid):
+            raise ValueError(f"launch grid {grid!r}: expected positive integers")
+        return _Kernel(self.fn, grid)
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        out = self.fn(*map(_to_hbm, args), **{k: _to_hbm(v) for k, v in kwargs.items()})
+        subset.check(self.fn)
+        args = [_to_hbm(a) for a in args]
+        kwargs = {k: _to_hbm(v) for k, v in kwargs.items()}
+        previous, STATE.launch = STATE.launch, Launch(grid=self.grid)
+        try:
+            out = None
+            for program in itertools.product(*(range(g) for g in self.grid)):
+                STATE.launch.program, STATE.launch.allocated = program, 0
+                result = self.fn(*args, **kwargs)
+                out = result if out is None else out
+        finally:
+            STATE.launch = previous
         return tuple(map(_unwrap, out)) if isinstance(out, tuple) else _unwrap(out)
 
 
@@ -73,8 +72,9 @@ def _to_hbm(a: Any) -> Any:
 
 
 def _unwrap(t: Any) -> np.ndarray:
-    if not isinstance(t, Tensor) or t.buffer.on_chip:
-        raise NkiRuleError("top-level-hbm", f"a kernel returns HBM tensors; got {t!r}")
+    if not isinstance(t, Tensor) or t.buffer is not SHARED_HBM:
+        raise NkiRuleError("top-level-hbm", "a kernel returns tensors it allocated in "
+                           f"nl.shared_hbm; got {t!r}")
     return t.data
 
 

@@ -1,24 +1,32 @@
-"""Tensors, buffers and the rule checks shared by the emulated `nki.language` and `nki.isa`.
+"""Tensors, buffers, launch state and the rule checks shared by the emulated `nki.language` and
+`nki.isa`.
 
 A `Tensor` is a NumPy array plus the memory it lives in. Indexing with integers and slices gives
-a view in the same buffer, as an NKI tensor access does, so an instruction writing into a view
-writes into the tensor. Every rule the emulator enforces raises `NkiRuleError` naming the rule.
+a view in the same buffer, as an NKI tensor access does (an integer index keeps its dimension
+with size 1, as in NKI), so an instruction writing into a view writes into the tensor. PSUM
+tensors also carry a `written` mask for nc_matmul's auto-accumulation. Every rule the emulator
+enforces raises `NkiRuleError` naming the rule.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Iterator
 
 import numpy as np
+
+from trainbench.kernels.nki.emulator.table import table
 
 PMAX = 128
 """Partitions of SBUF and PSUM: the largest first (partition) dimension of an on-chip tile."""
 PSUM_BANK_BYTES = 2048
-"""Bytes per partition of one PSUM bank: 512 float32, the largest free size of a PSUM tile."""
+"""Bytes per partition of one PSUM bank: 512 float32 (psum_fmax). A PSUM tile spans at most
+the target's `psum_tile_bytes` (api.yaml): one bank on trn2, all eight on trn3."""
 GEMM_STATIONARY_FMAX = 128
 """Largest free size of nc_matmul's stationary operand (the Tensor Engine's 128 PE columns)."""
 GEMM_MOVING_FMAX = 512
-"""Largest free size of nc_matmul's moving operand."""
+"""gemm_moving_fmax: the trn2 limit of nc_matmul's moving free size (trn3: see api.yaml)."""
 
 
 class NkiRuleError(Exception):
@@ -45,11 +53,62 @@ PRIVATE_HBM = Buffer("private_hbm", on_chip=False)
 SHARED_HBM = Buffer("shared_hbm", on_chip=False)
 
 
+# --- launch state: target, SPMD program, engine registers ---------------------------------------
+
+@dataclass
+class Launch:
+    """What one kernel launch shares across its instructions (and, for shared HBM, programs)."""
+
+    grid: tuple[int, ...] = (1,)
+    program: tuple[int, ...] = (0,)
+    shared: list[Any] = field(default_factory=list)
+    """shared_hbm tensors in allocation order: every program of the grid sees the same ones."""
+    allocated: int = 0
+    scalar_regs: np.ndarray = field(default_factory=lambda: np.full(PMAX, np.nan, np.float32))
+    """The Scalar Engine's reduce_regs, one float32 per lane; NaN = state not yet defined."""
+
+
+class _State:
+    target: str = table()["default_target"]
+    launch: Launch = Launch()
+
+
+STATE = _State()
+
+
+def target_limits() -> dict[str, Any]:
+    """The api.yaml `targets` entry of the current target."""
+    return table()["targets"][STATE.target]
+
+
+def set_target(name: str) -> None:
+    """Emulate the NeuronCore of `name` (trn2 | trn3, api.yaml `targets`)."""
+    targets = table()["targets"]
+    if name not in targets:
+        raise ValueError(f"NKI emulator target={name!r}; expected one of {sorted(targets)}")
+    STATE.target = name
+
+
+@contextlib.contextmanager
+def target(name: str) -> Iterator[None]:
+    """Emulate `name` inside the block, then go back to the previous target."""
+    previous = STATE.target
+    set_target(name)
+    try:
+        yield
+    finally:
+        STATE.target = previous
+
+
 class Tensor:
     """An NKI tensor: `data` (a NumPy array or a view of one) in `buffer`."""
 
-    def __init__(self, data: np.ndarray, buffer: Buffer, name: str = "") -> None:
+    def __init__(self, data: np.ndarray, buffer: Buffer, name: str = "",
+                 written: np.ndarray | None = None) -> None:
         self.data, self.buffer, self.name = data, buffer, name
+        if written is None and buffer is PSUM:
+            written = np.zeros(data.shape, bool)
+        self.written = written
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -61,19 +120,24 @@ class Tensor:
 
     def __getitem__(self, index: Any) -> "Tensor":
         index = index if isinstance(index, tuple) else (index,)
-        for i in index:
-            if not isinstance(i, (int, np.integer, slice)) and i is not Ellipsis:
+        view_index = []
+        for i, size in zip(index, self.shape + (0,) * len(index)):
+            if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer, slice)):
                 raise NkiRuleError("static-access", f"index {i!r} of {self.describe()}: the "
                                    "emulator supports integer and slice accesses only")
-            if isinstance(i, slice) and i.step not in (None, 1):
-                raise NkiRuleError("static-access", f"slice step {i.step} of {self.describe()}: "
-                                   "only unit steps are emulated")
-        view = self.data[index]
-        if self.buffer.on_chip and view.ndim < 2:
-            raise NkiRuleError("tile-rank", f"{self.describe()}[{index}] has rank {view.ndim}; "
-                               "an SBUF/PSUM tile keeps its partition and a free dimension "
-                               "(index [a:b, c] as [a:b, c:c+1])")
-        return Tensor(view, self.buffer, self.name)
+            if isinstance(i, slice):
+                if i.step not in (None, 1):
+                    raise NkiRuleError("static-access", f"slice step {i.step} of "
+                                       f"{self.describe()}: only unit steps are emulated")
+                view_index.append(i)
+            else:  # NKI keeps an integer-indexed dimension, with size 1
+                if not 0 <= i < size:
+                    raise NkiRuleError("static-access", f"index {i} out of range for a "
+                                       f"dimension of size {size} of {self.describe()}")
+                view_index.append(slice(int(i), int(i) + 1))
+        view = tuple(view_index)
+        written = None if self.written is None else self.written[view]
+        return Tensor(self.data[view], self.buffer, self.name, written)
 
     def describe(self) -> str:
         label = f" '{self.name}'" if self.name else ""
@@ -91,6 +155,11 @@ def poison(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     return np.full(shape, np.nan, dtype)
 
 
+def free_size(t: Tensor) -> int:
+    """Elements per partition."""
+    return int(np.prod(t.shape[1:]))
+
+
 def check_tile(t: Tensor, what: str) -> None:
     """Shape rules of an on-chip tile: rank >= 2, partition size <= 128, PSUM bank size."""
     if not t.buffer.on_chip:
@@ -102,11 +171,13 @@ def check_tile(t: Tensor, what: str) -> None:
         raise NkiRuleError("partition-size", f"{what}: {t.describe()} has {t.shape[0]} "
                            f"partitions; tile_size.pmax is {PMAX}")
     if t.buffer is PSUM:
-        per_partition = int(np.prod(t.shape[1:])) * t.dtype.itemsize
-        if per_partition > PSUM_BANK_BYTES:
+        per_partition = free_size(t) * t.dtype.itemsize
+        limit = target_limits()["psum_tile_bytes"]
+        if per_partition > limit:
             raise NkiRuleError("psum-bank", f"{what}: {t.describe()} holds {per_partition} bytes "
-                               f"per partition; a PSUM tile fits one {PSUM_BANK_BYTES}-byte bank "
-                               "(psum_fmax = 512 float32)")
+                               f"per partition; a PSUM tile on {STATE.target} spans at most "
+                               f"{limit} bytes ({limit // PSUM_BANK_BYTES} bank(s) of "
+                               f"{PSUM_BANK_BYTES})")
 
 
 def on_chip(t: Any, what: str) -> Tensor:
@@ -121,26 +192,38 @@ def on_chip(t: Any, what: str) -> Tensor:
     return t
 
 
-def same_shape(what: str, ref: Tensor, *others: Tensor) -> None:
+def same_layout(what: str, ref: Tensor, *others: Tensor) -> None:
+    """The docs' shape rule for elementwise instructions: the same partition size and the same
+    number of elements per partition (free shapes may differ)."""
     for o in others:
-        if o.shape != ref.shape:
-            raise NkiRuleError("shape-mismatch", f"{what}: {o.describe()} does not match "
-                               f"{ref.describe()}")
+        if o.shape[0] != ref.shape[0] or free_size(o) != free_size(ref):
+            raise NkiRuleError("shape-mismatch", f"{what}: {o.describe()} and {ref.describe()} "
+                               "differ in partitions or in elements per partition")
 
 
-def scalar_or_vector(x: Any, partitions: int, what: str) -> np.ndarray | float:
-    """A float constant, or a (partitions, 1) tile broadcast along the free dimension."""
+def flat(t: Tensor) -> np.ndarray:
+    """t's values as float32 [partitions, elements per partition] (engines compute in float32)."""
+    return t.data.astype(np.float32).reshape(t.shape[0], -1)
+
+
+def scalar_or_vector(x: Any, partitions: int, what: str,
+                     fp32: bool = False) -> np.ndarray | np.float32:
+    """A constant, or a (partitions, 1) tile broadcast along the free dimension; `fp32`: the
+    docs require a float32 tile."""
     if isinstance(x, Tensor):
         on_chip(x, what)
-        if x.shape != (partitions, 1):
+        if x.shape[0] != partitions or free_size(x) != 1:
             raise NkiRuleError("vector-operand", f"{what}: {x.describe()} must be a scalar or a "
                                f"({partitions}, 1) per-partition vector")
-        return x.data.astype(np.float32)
-    if isinstance(x, (int, float, np.floating, np.integer)):
+        if fp32 and x.dtype != np.float32:
+            raise NkiRuleError("fp32-operand", f"{what}: {x.describe()} must be float32")
+        return x.data.astype(np.float32).reshape(partitions, 1)
+    if isinstance(x, (int, float, np.floating, np.integer)) and not isinstance(x, bool):
         return np.float32(x)
     raise NkiRuleError("operand-kind", f"{what}: {x!r} is neither a tile nor a constant")
 
 
 def write(dst: Tensor, value: np.ndarray) -> None:
-    """Store `value` into `dst`, rounding to dst's dtype (round to nearest even)."""
-    dst.data[...] = value.astype(dst.dtype)
+    """Store `value` (dst's shape, or [partitions, elements]) into dst, rounding to dst's dtype
+    (round to nearest even)."""
+    dst.data[...] = np.asarray(value).reshape(dst.shape).astype(dst.dtype)
