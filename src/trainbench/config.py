@@ -2,7 +2,8 @@
 
 Every default lives here; YAML under configs/ only adds to it. Groups: model (one entry per
 preset in data/presets.yaml), backend (one per registered backend), precision, optim, data, train,
-logging (none, tensorboard, wandb), experiment (YAML files in configs/experiment/). `validate(cfg)` checks what the types cannot.
+logging (none, tensorboard, wandb), experiment (YAML files in configs/experiment/).
+`validate(cfg)` checks what the types cannot.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """Batch shape and the measurement protocol of DESIGN.md."""
+    """Batch shape and the measurement protocol of docs/measurement.md."""
 
     batch_size: int = 8
     """Sequences per step, global (over all devices)."""
@@ -233,5 +234,6 @@ def register(store: ConfigStore | None = None) -> None:
 
 
 __all__ = ["RunConfig", "TrainConfig", "OptimConfig", "DataConfig", "PrecisionConfig",
-           "LoggingConfig", "BackendConfig", "ModelConfig", "PRECISIONS", "PEAK_DTYPE", "validate", "register"]
+           "LoggingConfig", "BackendConfig", "ModelConfig", "PRECISIONS", "PEAK_DTYPE",
+           "validate", "register"]
 

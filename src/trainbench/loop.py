@@ -41,7 +41,7 @@ def run_loop(backend: Backend, params: Mapping[str, np.ndarray],
              batch_at: Callable[[int], np.ndarray], warmup_steps: int, steps: int,
              progress: bool | None = None,
              on_step: Callable[[int, float, float], None] | None = None) -> LoopResult:
-    """Train for warmup_steps + steps steps on batch_at(step), timing as DESIGN.md describes.
+    """Train for warmup_steps + steps steps on batch_at(step), timed as docs/measurement.md says.
 
     `on_step(step, loss, seconds)` runs after each step's clock has stopped (metric logging).
     """
