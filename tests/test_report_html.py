@@ -119,6 +119,18 @@ def test_html_flag_writes_the_page(tmp_path, capsys):
     assert len(doc.find("img")) >= 5
 
 
+def test_page_of_failed_runs_only(tmp_path, capsys):
+    target = tmp_path / "report.html"
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["report", str(RECORDS / "torch_llama3_8b_h100_oom.json"), "--html",
+                  str(target), "--plots", str(tmp_path / "plots")])
+    assert exc.value.code == 0
+    doc = Elements(target.read_text())
+    assert len(doc.find("tr", **{"class": "failure"})) == 1
+    assert not doc.find("tr", **{"class": "result"}) and not doc.find("img")
+    assert not (tmp_path / "plots").exists() or not list((tmp_path / "plots").iterdir())
+
+
 # Flags from the project's browser-test policy: no GPU, no network side traffic, fresh profile.
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                   "--no-first-run", "--disable-background-networking",

@@ -174,7 +174,10 @@ def scaling_figure(grouped: pd.DataFrame, axis: ScalingAxis) -> Any | None:
 
 
 def figures(df: pd.DataFrame, grouped: pd.DataFrame) -> dict[str, Any]:
-    """Every figure for these records, by name (the file stem `save` uses)."""
+    """Every figure for these records, by name (the file stem `save` uses); none without a
+    measured run."""
+    if grouped.empty:
+        return {}
     out: dict[str, Any] = {name: bar_figure(grouped, metric) for name, metric in BARS.items()}
     out["step_time"] = step_time_figure(df)
     for name, axis in SCALING.items():
