@@ -152,3 +152,16 @@ def test_wandb_offline_run_file_holds_every_step(tmp_path, monkeypatch):
     assert summaries["summary/mfu"] == pytest.approx(record["metrics"]["mfu"])
     config = {_key(item): json.loads(item.value_json) for item in run_record.config.update}
     assert config["train"]["batch_size"] == 2 and config["seed"] == 0
+
+
+def test_a_tracker_failing_to_close_is_reported_not_raised():
+    class Broken:
+        def close(self):
+            raise OSError("disk full")
+
+    assert tracking.close(Broken()) == "OSError: disk full"
+
+
+def test_summary_values_take_the_median_step_time_and_scalar_metrics():
+    m = {"step_time_s": {"median": 0.5, "p10": 0.4}, "tokens_per_s": 10.0, "mfu": None}
+    assert tracking.summary_values(m) == {"step_time_s": 0.5, "tokens_per_s": 10.0}

@@ -139,27 +139,23 @@ def execute(plan: Plan) -> tuple[dict[str, Any], Path | None]:
         on_step = None
         if tracker is not None:
             record["logging"] = {"name": cfg.logging.name, "path": str(tracker.path)}
-
-            def on_step(step: int, loss: float, seconds: float) -> None:
-                tracker.log(step, tracking.step_values(loss, seconds, metrics.throughput(
-                    seconds, t.batch_size * t.seq_len, flop_count, device.count,
-                    peak.flops_per_s)))
-
+            on_step = tracking.step_logger(tracker, t.batch_size * t.seq_len, flop_count,
+                                           device.count, peak.flops_per_s)
         params = model.init_params(cfg.model, cfg.seed)
         loop = run_loop(backend, params, plan.source.batch, t.warmup_steps, t.steps,
                         on_step=on_step)
         record.update(_measurements(cfg, backend, device, loop, flop_count, peak))
         if tracker is not None and "metrics" in record:
-            m = record["metrics"]
-            tracker.summary({"step_time_s": m["step_time_s"]["median"],
-                             **{k: v for k, v in m.items() if isinstance(v, float)}})
+            tracker.summary(tracking.summary_values(record["metrics"]))
     except Exception as err:  # a crash in one run is recorded, not raised: sweeps go on
         record["status"] = "failed"
         record["cause"] = f"{type(err).__name__}: {err}"
         record["traceback"] = traceback.format_exc()
     finally:
         if tracker is not None:
-            tracker.close()
+            error = tracking.close(tracker)
+            if error:
+                record["logging"]["close_error"] = error
     if backend is not None and not backend.is_primary():
         return record, None
     path = results.write_record(record, cfg.results_dir, plan.run_id)

@@ -127,3 +127,31 @@ def step_values(loss: float, step_s: float, throughput: Mapping[str, float | Non
     values = {"loss": loss, "step_time_s": step_s}
     values.update({key: value for key, value in throughput.items() if value is not None})
     return values
+
+
+def step_logger(tracker: Tracker, tokens_per_step: int, flops_per_step: int, devices: int,
+                peak_flops_per_device: float | None) -> Callable[[int, float, float], None]:
+    """The loop's `on_step`: each step's values, its throughput computed from its own time."""
+    from trainbench import metrics
+
+    def on_step(step: int, loss: float, seconds: float) -> None:
+        tracker.log(step, step_values(loss, seconds, metrics.throughput(
+            seconds, tokens_per_step, flops_per_step, devices, peak_flops_per_device)))
+
+    return on_step
+
+
+def summary_values(run_metrics: Mapping[str, Any]) -> dict[str, float]:
+    """A record's `metrics` as summary values: the median step time and every scalar metric."""
+    values = {"step_time_s": run_metrics["step_time_s"]["median"]}
+    values.update({key: value for key, value in run_metrics.items() if isinstance(value, float)})
+    return values
+
+
+def close(tracker: Tracker) -> str | None:
+    """Close a tracker; the error as text if that failed, so the run's record is still written."""
+    try:
+        tracker.close()
+    except Exception as err:  # a tracker's flush failing must not lose the measurement
+        return f"{type(err).__name__}: {err}"
+    return None
