@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-all bench clean
+.PHONY: setup run test test-all bench browser clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,11 @@ test-all: setup
 
 bench: setup
 	$(PY) scripts/bench_reference.py
+
+# Debian's headless Chromium, for the slow browser test of `trainbench report --html`
+# (tests/test_report_html.py); does nothing when chromium is already installed. Needs root.
+browser:
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 
 clean:
 	rm -rf $(VENV) results multirun outputs

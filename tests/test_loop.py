@@ -56,6 +56,16 @@ def test_protocol_order_and_split():
     assert len(r.warmup_step_s) == 1 and len(r.step_s) == 3 and r.first_step_s > 0
 
 
+def test_on_step_sees_every_step_after_its_clock_stopped():
+    b = ScriptedBackend([5.0, 4.0, 3.0, 2.0])
+    seen = []
+    r = run_loop(b, {}, lambda s: np.zeros((1, 2), np.int32), warmup_steps=1, steps=3,
+                 progress=False, on_step=lambda *args: seen.append((args, len(b.events))))
+    assert [args for args, _ in seen] == list(zip(range(4), r.losses,
+                                                  [r.first_step_s, *r.warmup_step_s, *r.step_s]))
+    assert [events for _, events in seen] == [4, 6, 8, 10]  # called after each step's sync
+
+
 def test_divergence_stops_the_run():
     b = ScriptedBackend([5.0, 4.0, float("nan"), 1.0, 1.0])
     r = run_loop(b, {}, lambda s: np.zeros((1, 2), np.int32), 1, 4, progress=False)

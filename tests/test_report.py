@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from trainbench import cli, flops, hardware, model, report, results
+from trainbench.errors import ConfigError
 
 from conftest import ROOT
 
@@ -116,18 +117,6 @@ def test_report_command_end_to_end(tmp_path, capsys):
         assert image[..., :3].std() > 0.01  # not a blank canvas
 
 
-def test_plots_show_the_expected_series(loaded):
-    _, df, _ = loaded
-    figures = report.plots(df, report.group(df))
-    def legend(name):
-        return sorted(t.get_text() for t in figures[name].axes[0].get_legend().get_texts())
-
-    known = ["H100 SXM / jax", "H100 SXM / torch", "TPU v5e / jax", "Trainium2 / neuron"]
-    assert legend("tokens_per_s") == sorted(known + ["NVIDIA GeForce RTX 4090 / torch"])
-    assert legend("mfu") == sorted(known)  # a device without a peak has no MFU to plot
-    assert len(figures["step_time"].axes[0].get_xticklabels()) == len(df[df.status == "ok"])
-
-
 def test_markdown_report(capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main(["report", "--markdown", str(RECORDS)])
@@ -140,3 +129,71 @@ def test_markdown_report(capsys):
 def test_fixture_records_say_they_are_synthetic():
     for path in RECORDS.glob("*.json"):
         assert "not a measurement" in json.loads(path.read_text())["fixture"]
+
+
+def test_bands_are_p10_p90_of_repeats_or_of_one_runs_steps(loaded):
+    _, df, _ = loaded
+    g = report.group(df)
+    torch8 = g[(g.backend == "torch") & (g.accelerator == "H100 SXM") & (g.batch == 8)].iloc[0]
+    runs = df[(df.backend == "torch") & (df.accelerator == "H100 SXM") & (df.batch == 8)
+              & (df.status == "ok")]
+    for metric in report.BAND_METRICS:
+        p10, p90 = np.percentile(runs[metric], [10, 90])
+        assert torch8[f"{metric}_p10"] == pytest.approx(p10)
+        assert torch8[f"{metric}_p90"] == pytest.approx(p90)
+    single = g[g.backend == "neuron"].iloc[0]
+    run = df[df.backend == "neuron"].iloc[0]
+    assert single["tokens_per_s_p10"] == pytest.approx(
+        run["tokens_per_s"] * run["step_median_s"] / run["step_p90_s"])
+    assert single["tokens_per_s_p10"] < single["tokens_per_s"] < single["tokens_per_s_p90"]
+
+
+def test_columns_registry_default_all_and_unknown():
+    assert report.select_columns(None) == report.DEFAULT_COLUMNS
+    assert report.select_columns("all") == tuple(report.TABLE_COLUMNS)
+    assert report.select_columns(" backend, MFU ") == ("backend", "MFU")
+    assert set(report.DEFAULT_COLUMNS) <= set(report.TABLE_COLUMNS)
+    with pytest.raises(ConfigError, match=r"unknown column 'nope'; valid columns: accelerator, "):
+        report.select_columns("backend,nope")
+
+
+def test_default_table_fits_120_columns_without_folding(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["report", str(RECORDS)])
+    assert exc.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert max(len(line) for line in lines) <= 120
+    # each configuration on one line: the Trainium2 row holds its tokens/s and MFU
+    [trn2] = [line for line in lines if line.startswith("Trainium2")]
+    assert "85,860" in trn2 and "50.31%" in trn2 and "27.9 GiB" in trn2
+
+
+def test_columns_flag_chooses_and_rejects(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["report", "--markdown", "--columns", "backend,batch,MFU", str(RECORDS)])
+    assert exc.value.code == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert header == "| backend | batch | MFU |"
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["report", "--columns", "MFU,speed", str(RECORDS)])
+    assert exc.value.code == cli.EXIT_USAGE
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unknown column 'speed'" in err and "tokens/s" in err
+
+
+def test_records_of_an_unknown_status_are_left_out_with_a_note(loaded, tmp_path, capsys):
+    records, _, _ = loaded
+    plan = {**{k: v for k, v in records[0].items() if k != "_path"}, "run_id": "plan_v5e",
+            "status": "compiled", "metrics": None}
+    for path in RECORDS.glob("*.json"):
+        (tmp_path / path.name).write_text(path.read_text())
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["report", str(tmp_path), "--markdown"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "plan_v5e" not in out
+    assert "1 record(s) with status 'compiled' are not shown" in out
+    df, _ = report.to_convention(report.frame([*records, plan]), "causal")
+    assert "compiled" not in set(report.failures(df).status)
+    assert report.group(df)["n"].sum() == len(df[df.status == "ok"])

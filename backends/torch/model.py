@@ -1,4 +1,4 @@
-"""The shared Llama-architecture model (DESIGN.md, "The model") as an nn.Module.
+"""The shared Llama-architecture model (docs/design.md, "The model") as an nn.Module.
 
 Module parameter names are the canonical names plus ".weight" (`layers.0.wq.weight` holds
 `layers.0.wq`), registered in canonical order. Canonical matrices are (in, out) while nn.Linear

@@ -253,6 +253,13 @@ def cmd_report(argv: Sequence[str]) -> int:
     parser.add_argument("--markdown", action="store_true", help="print Markdown tables")
     parser.add_argument("--csv", metavar="FILE", help="write the grouped comparison as CSV")
     parser.add_argument("--plots", metavar="DIR", help="write PNG plots into DIR")
+    parser.add_argument("--html", metavar="FILE",
+                        help="write one self-contained HTML page: tables, notes, plots, and each "
+                             "row's environment and config")
+    parser.add_argument("--columns", metavar="LIST",
+                        help="comma-separated columns of the table, or 'all' (default: "
+                             "accelerator,devices,backend,model,precision,batch,seq,runs,"
+                             "tokens/s,spread,MFU,MAMFU,memory)")
     parser.add_argument("--runs", action="store_true", help="also list every run")
     parser.add_argument("--attention", choices=["causal", "full"], default="causal",
                         help="FLOP convention every record is put on (default: causal)")
@@ -267,7 +274,9 @@ def cmd_report(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     if args.noise_k <= 0:
         raise ConfigError(f"--noise-k={args.noise_k} must be positive")
-    from trainbench import report, results
+    from trainbench import plots, report, report_html, results
+
+    columns = report.select_columns(args.columns)
 
     def load(paths: Sequence[str]) -> tuple[list[dict[str, Any]], Any, list[str]]:
         records, skipped = results.load_records(paths)
@@ -280,9 +289,10 @@ def cmd_report(argv: Sequence[str]) -> int:
 
     costs = report.load_costs(args.costs)
     records, df, notes = load(args.paths)
+    notes += report_html.unshown_notes(df)
     grouped = report.add_costs(report.group(df), costs)
-    shown = report.display(grouped)
-    failed = df[df["status"] != "ok"][["run_id", "backend", "model", "status", "cause"]]
+    shown = report.display(grouped, columns)
+    failed = report.failures(df)
     if args.markdown:
         print(report.markdown(shown))
         if not failed.empty:
@@ -290,7 +300,7 @@ def cmd_report(argv: Sequence[str]) -> int:
     else:
         report.print_frame(shown, f"trainbench report ({args.attention} attention FLOPs)")
         if not failed.empty:
-            report.print_frame(failed.fillna(""), "runs that did not finish")
+            report.print_frame(failed.fillna(""), "runs that did not finish", width=120)
         if args.runs:
             report.print_table(records, "every run")
     for note in notes:
@@ -298,9 +308,16 @@ def cmd_report(argv: Sequence[str]) -> int:
     if args.csv:
         grouped.to_csv(args.csv, index=False)
         print(f"wrote {args.csv}")
+    figures = plots.figures(df, grouped) if (args.plots or args.html) else {}
     if args.plots:
-        for path in report.save_plots(report.plots(df, grouped), args.plots):
+        for path in plots.save(figures, args.plots):
             print(f"wrote {path}")
+    if args.html:
+        page = report_html.Page(f"trainbench report ({args.attention} attention FLOPs)",
+                                records, df, grouped, columns if args.columns else
+                                tuple(report.TABLE_COLUMNS), notes, figures)
+        print(f"wrote {report_html.write(page, args.html)}")
+    plots.close(figures)
     if args.baseline:
         _, base_df, _ = load(args.baseline)
         cmp = report.compare_baseline(grouped, report.group(base_df), args.noise_k)

@@ -2,7 +2,8 @@
 
 Every default lives here; YAML under configs/ only adds to it. Groups: model (one entry per
 preset in data/presets.yaml), backend (one per registered backend), precision, optim, data, train,
-experiment (YAML files in configs/experiment/). `validate(cfg)` checks what the types cannot.
+logging (none, tensorboard, wandb), experiment (YAML files in configs/experiment/).
+`validate(cfg)` checks what the types cannot.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from trainbench import model as model_lib
+from trainbench import tracking
 from trainbench.errors import ConfigError
 from trainbench.model import ModelConfig
 
@@ -74,7 +76,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """Batch shape and the measurement protocol of DESIGN.md."""
+    """Batch shape and the measurement protocol of docs/measurement.md."""
 
     batch_size: int = 8
     """Sequences per step, global (over all devices)."""
@@ -118,6 +120,25 @@ class SweepConfig:
 
 
 @dataclass
+class LoggingConfig:
+    """Per-step metrics (loss, step time, tokens/s, MFU) to an experiment tracker
+    (trainbench.tracking). Not part of a run's identity, like `sweep`."""
+
+    name: str = "none"
+    """none | tensorboard | wandb."""
+    dir: Optional[str] = None
+    """Folder the tracker writes into; None means <results_dir>/<name>."""
+    project: str = "trainbench"
+    """W&B project name."""
+    mode: str = "offline"
+    """W&B mode: offline (files only, `wandb sync` uploads them later), online or disabled."""
+
+
+WANDB_MODES = ("offline", "online", "disabled")
+LOGGERS = ("none", *tracking.TRACKERS)
+
+
+@dataclass
 class RunConfig:
     """One training benchmark run."""
 
@@ -134,6 +155,7 @@ class RunConfig:
     repeat: int = 0
     """Index of a repetition of the same config (own record; the report groups repeats)."""
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
 def from_dict(data: dict[str, Any]) -> RunConfig:
@@ -182,6 +204,10 @@ def validate(cfg: RunConfig) -> None:
     _check(cfg.repeat >= 0, f"repeat={cfg.repeat} must be >= 0")
     _check(cfg.sweep.timeout_s >= 0, f"sweep.timeout_s={cfg.sweep.timeout_s} must be >= 0 "
                                      "(0 means no limit)")
+    _check(cfg.logging.name in LOGGERS,
+           f"logging={cfg.logging.name!r} is not known; choose one of: " + ", ".join(LOGGERS))
+    _check(cfg.logging.mode in WANDB_MODES,
+           f"logging.mode={cfg.logging.mode!r} must be one of: " + ", ".join(WANDB_MODES))
     if Path(cfg.results_dir).exists():
         _check(Path(cfg.results_dir).is_dir(),
                f"results_dir={cfg.results_dir!r} exists and is not a folder")
@@ -200,11 +226,14 @@ def register(store: ConfigStore | None = None) -> None:
     cs.store(group="optim", name="adamw", node=OptimConfig())
     cs.store(group="data", name="synthetic", node=DataConfig())
     cs.store(group="train", name="default", node=TrainConfig())
+    for name in LOGGERS:
+        cs.store(group="logging", name=name, node=LoggingConfig(name=name))
     cs.store(group="backend", name="auto", node=AutoBackendConfig())
     for name, config_class in registry.backend_configs().items():
         cs.store(group="backend", name=name, node=config_class(name=name))
 
 
 __all__ = ["RunConfig", "TrainConfig", "OptimConfig", "DataConfig", "PrecisionConfig",
-           "BackendConfig", "ModelConfig", "PRECISIONS", "PEAK_DTYPE", "validate", "register"]
+           "LoggingConfig", "BackendConfig", "ModelConfig", "PRECISIONS", "PEAK_DTYPE",
+           "validate", "register"]
 

@@ -1,4 +1,4 @@
-"""The environment fingerprint every record carries (DESIGN.md, "Measurement")."""
+"""The environment fingerprint every record carries (docs/records.md, "Where it ran")."""
 
 from __future__ import annotations
 

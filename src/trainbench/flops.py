@@ -1,4 +1,4 @@
-"""Model FLOPs of one training step, counted exactly from the model shape (DESIGN.md, "Measurement").
+"""Model FLOPs of one training step, counted exactly from the model shape (docs/measurement.md).
 
 Convention: 2 FLOPs per multiply-add, every matmul counted. Per token and layer that is the
 q/k/v/o projections, 2·d·(q_dim + 2·kv_dim) + 2·q_dim·d, and the three SwiGLU matrices,

@@ -1,4 +1,4 @@
-"""Peak FLOP/s that MFU divides by (DESIGN.md, "Measurement").
+"""Peak FLOP/s that MFU divides by (docs/measurement.md).
 
 Accelerator peaks are data, not code: `data/hardware.yaml` holds per-chip dense datasheet
 peaks with their sources, and how many framework devices one chip shows (a Trainium2 chip is

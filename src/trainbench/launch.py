@@ -1,4 +1,4 @@
-"""Multi-node launch under SLURM: one task per device (DESIGN.md, "Scale").
+"""Multi-node launch under SLURM: one task per device (docs/design.md, "Scale").
 
 trainbench's documented pattern is one SLURM task per device (`hydra/launcher=submitit_slurm`
 with `hydra.launcher.tasks_per_node=<devices per node>`; or `srun --ntasks-per-node=<devices>

@@ -1,4 +1,4 @@
-"""The shared training loop and measurement protocol (DESIGN.md, "Measurement").
+"""The shared training loop and measurement protocol (docs/measurement.md).
 
 build (setup) -> untimed warm-up steps (the first one includes compilation and is reported
 alone) -> timed steps. Each step's time ends only after the backend has synchronized, so
@@ -39,8 +39,12 @@ class LoopResult:
 
 def run_loop(backend: Backend, params: Mapping[str, np.ndarray],
              batch_at: Callable[[int], np.ndarray], warmup_steps: int, steps: int,
-             progress: bool | None = None) -> LoopResult:
-    """Train for warmup_steps + steps steps on batch_at(step), timing as DESIGN.md describes."""
+             progress: bool | None = None,
+             on_step: Callable[[int, float, float], None] | None = None) -> LoopResult:
+    """Train for warmup_steps + steps steps on batch_at(step), timed as docs/measurement.md says.
+
+    `on_step(step, loss, seconds)` runs after each step's clock has stopped (metric logging).
+    """
     result = LoopResult()
     t0 = time.perf_counter()
     backend.setup(params)
@@ -65,6 +69,8 @@ def run_loop(backend: Backend, params: Mapping[str, np.ndarray],
             else:
                 result.step_s.append(elapsed)
             advance(loss)
+            if on_step is not None:
+                on_step(step, loss, elapsed)
             if not math.isfinite(loss):
                 result.status = "diverged"
                 result.cause = f"loss became {loss} at step {step}"

@@ -1,4 +1,4 @@
-"""Throughput and utilization from step times (DESIGN.md, "Measurement")."""
+"""Throughput and utilization from step times (docs/measurement.md)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The shared model: its shape (`ModelConfig`), named presets, parameter count and seeded init.
 
 The parameters are a flat mapping of canonical names to NumPy arrays, every matrix stored as
-(in_features, out_features) so that ``y = x @ W`` (DESIGN.md, "The model"). Every backend loads
+(in_features, out_features) so that ``y = x @ W`` (docs/design.md, "The model"). Every backend loads
 this mapping, so every backend starts from the same weights.
 """
 

@@ -3,7 +3,7 @@
 Each op is a pair ``<op>_fwd(...) -> (out, cache)`` and ``<op>_bwd(dout, cache) -> grads``, where
 ``grads`` is a tuple in the order of the op's differentiable inputs. Ops compute in the dtype of
 their inputs (float32 or float64). This is the ground truth every backend and kernel is checked
-against (DESIGN.md, "Correctness"); tests/test_ops.py checks each backward against finite
+against (docs/design.md, "Correctness"); tests/test_ops.py checks each backward against finite
 differences. Shapes: B batch, T sequence, H heads, D head_dim, V vocab.
 """
 

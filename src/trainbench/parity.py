@@ -1,4 +1,4 @@
-"""Parity: does a backend compute what the reference computes? (DESIGN.md, "Correctness")
+"""Parity: does a backend compute what the reference computes? (docs/design.md, "Correctness")
 
 From the same initial weights and batches, in the same precision, compare a backend with the
 NumPy reference backend: the loss at step 0, the gradients at step 0, and the loss after

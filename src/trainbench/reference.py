@@ -1,6 +1,6 @@
 """The whole model composed from the reference ops: logits, and loss with hand-written gradients.
 
-The architecture is the Llama decoder of DESIGN.md ("The model"); parameters are the canonical
+The architecture is the Llama decoder of docs/design.md ("The model"); parameters are the canonical
 mapping of trainbench.model, every matrix (in_features, out_features). Everything is computed in
 the parameters' dtype. Shapes: B batch, T sequence, d d_model, Hq/Hkv heads, D head_dim, V vocab.
 """

@@ -1,27 +1,42 @@
-"""Comparisons over result records (DESIGN.md, "Results and reports").
+"""Comparisons over result records (docs/reports.md).
 
 Records become one pandas row each (`frame`), put on one FLOP convention (`to_convention`),
-grouped over repeats of the same configuration with median and spread (`group`), and shown as
-a terminal table (rich), Markdown, CSV and PNG plots (matplotlib). `compare_baseline` flags
-regressions beyond a noise threshold derived from the repeats. `add_costs` adds dollars per
-million tokens and joules per token from a user-editable table of prices and board power.
+grouped over repeats of the same configuration with median, p10-p90 band and spread (`group`),
+and shown as a terminal table (rich) whose columns come from the `TABLE_COLUMNS` registry,
+Markdown and CSV; trainbench.plots draws the figures and trainbench.report_html the page.
+`compare_baseline` flags regressions beyond a noise threshold derived from the repeats.
+`add_costs` adds dollars per million tokens and joules per token from a user-editable table of
+prices and board power.
+
+Only records whose status this module knows are tabulated: `MEASURED` runs in the comparison,
+`UNFINISHED` ones in the failures table; any other status (e.g. a compile-only record) is left
+to the module that knows it.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
 import yaml
 
 from trainbench import flops, hardware
+from trainbench.errors import ConfigError
 from trainbench.model import ModelConfig
 
 # The columns a group of repeats is identified by.
 GROUP_KEYS = ["accelerator", "devices", "backend", "model", "precision", "batch", "seq"]
+MEASURED = "ok"
+"""Status of a run that trained and was measured: the comparison table's rows."""
+UNFINISHED = ("failed", "diverged")
+"""Statuses of runs that did not finish: the failures table's rows."""
+# Metrics that get a p10-p90 band over repeats (all inversely proportional to step time).
+BAND_METRICS = ("tokens_per_s", "tokens_per_s_per_device", "tflops_per_device", "mfu")
+# The per-run table's columns (one row per record, printed after a run).
 COLUMNS = ("backend", "device", "model", "batch", "seq", "precision", "tokens/s", "MFU",
            "step time", "memory", "status")
 
@@ -68,6 +83,8 @@ def frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
             "attention": f.get("attention"),
             "flops_per_step": f.get("per_step", np.nan),
             "step_median_s": step.get("median", np.nan),
+            "step_p10_s": step.get("p10", np.nan),
+            "step_p90_s": step.get("p90", np.nan),
             "step_spread": step.get("spread", np.nan),
             "step_times": list((r.get("times") or {}).get("step_s") or []),
             "memory_bytes": (r.get("memory") or {}).get("peak_bytes"),
@@ -104,8 +121,9 @@ def to_convention(df: pd.DataFrame, attention: str) -> tuple[pd.DataFrame, list[
 
 
 def peak_notes(df: pd.DataFrame) -> list[str]:
-    """Say where MFU's denominator came from whenever the rows do not share one kind of peak."""
-    methods = df.groupby("accelerator")["peak_method"].unique()
+    """Say where MFU's denominator came from whenever the measured rows do not share one kind of
+    peak."""
+    methods = df[df["status"] == MEASURED].groupby("accelerator")["peak_method"].unique()
     notes = []
     for accel, kinds in methods.items():
         kinds = sorted(set(kinds))
@@ -119,9 +137,15 @@ def peak_notes(df: pd.DataFrame) -> list[str]:
     return notes
 
 
+def failures(df: pd.DataFrame) -> pd.DataFrame:
+    """The runs that did not finish, with their cause."""
+    return df[df["status"].isin(UNFINISHED)][["run_id", "backend", "model", "status", "cause"]]
+
+
 def group(df: pd.DataFrame) -> pd.DataFrame:
-    """Successful runs grouped over repeats: median of each metric, spread and repeat count."""
-    ok = df[df["status"] == "ok"]
+    """Measured runs grouped over repeats: median of each metric, its p10-p90 band
+    (`<metric>_p10`, `<metric>_p90`, see `_band`), spread and repeat count."""
+    ok = df[df["status"] == MEASURED]
     if ok.empty:
         return pd.DataFrame(columns=GROUP_KEYS + ["n"])
     metrics = ["tokens_per_s", "tokens_per_s_per_device", "tflops_per_device", "mfu", "mamfu",
@@ -133,7 +157,24 @@ def group(df: pd.DataFrame) -> pd.DataFrame:
     out["tokens_per_s_max"] = g["tokens_per_s"].max()
     out["noise"] = g.apply(_noise, include_groups=False)
     out["peak_method"] = g["peak_method"].agg(lambda s: ",".join(sorted(set(s))))
+    for metric in BAND_METRICS:
+        bands = g.apply(lambda rows, m=metric: _band(rows, m), include_groups=False)
+        out[f"{metric}_p10"] = [lo for lo, _ in bands]
+        out[f"{metric}_p90"] = [hi for _, hi in bands]
     return out.reset_index()
+
+
+def _band(rows: pd.DataFrame, metric: str) -> tuple[float, float]:
+    """p10 and p90 of a metric over a group's repeats; for a single run, the metric at its own
+    p90 and p10 step times (the metric is inversely proportional to step time), the only spread
+    one run shows."""
+    values = rows[metric].to_numpy(dtype=float)
+    if len(values) >= 2:
+        p10, p90 = np.percentile(values, [10, 90])
+        return float(p10), float(p90)
+    r = rows.iloc[0]
+    return (float(values[0] * r["step_median_s"] / r["step_p90_s"]),
+            float(values[0] * r["step_median_s"] / r["step_p10_s"]))
 
 
 def _noise(rows: pd.DataFrame) -> float:
@@ -264,41 +305,96 @@ def _num(x: float, fmt: str = "{:,.0f}") -> str:
     return "-" if not np.isfinite(x) else fmt.format(x)
 
 
-def display(grouped: pd.DataFrame) -> pd.DataFrame:
+@dataclass(frozen=True)
+class Column:
+    """One column of the grouped table: how it shows a grouped frame, and what it means."""
+
+    show: Callable[[pd.DataFrame], list[str]]
+    help: str
+    numeric: bool = True
+    """Right-aligned in the terminal."""
+
+
+def _text(key: str) -> Callable[[pd.DataFrame], list[str]]:
+    return lambda g: [str(v) for v in g[key]]
+
+
+def _integer(key: str) -> Callable[[pd.DataFrame], list[str]]:
+    return lambda g: [str(int(v)) for v in g[key]]
+
+
+def _formatted(key: str, fmt: Callable[[float], str]) -> Callable[[pd.DataFrame], list[str]]:
+    """`fmt` of each value of `key`; "-" in every row when the frame lacks the column."""
+    return lambda g: [fmt(v) for v in g[key]] if key in g else ["-"] * len(g)
+
+
+TABLE_COLUMNS: dict[str, Column] = {
+    "accelerator": Column(_text("accelerator"), "hardware-table name of the device", False),
+    "devices": Column(_integer("devices"), "devices the run used"),
+    "backend": Column(_text("backend"), "trainbench backend", False),
+    "model": Column(_text("model"), "model preset", False),
+    "precision": Column(_text("precision"), "precision preset", False),
+    "batch": Column(_integer("batch"), "global batch, sequences per step"),
+    "seq": Column(_integer("seq"), "tokens per sequence"),
+    "runs": Column(_integer("n"), "repeats grouped into the row"),
+    "tokens/s": Column(_formatted("tokens_per_s", _num), "median global tokens per second"),
+    "tokens/s/device": Column(_formatted("tokens_per_s_per_device", _num),
+                              "median tokens per second per device"),
+    "spread": Column(_formatted("noise", _pct), "run-to-run noise of tokens/s"),
+    "TFLOP/s/device": Column(_formatted("tflops_per_device", lambda x: _num(x, "{:.3f}")),
+                             "median model TFLOP/s per device"),
+    "MFU": Column(_formatted("mfu", _pct), "median model FLOPs utilization"),
+    "MAMFU": Column(_formatted("mamfu", _pct),
+                    "model FLOP/s over the measured best matmul rate"),
+    "memory": Column(_formatted("memory_bytes", _fmt_bytes), "median peak memory"),
+    "$/Mtok": Column(_formatted("usd_per_mtok", lambda x: _num(x, "{:.4f}")),
+                     "dollars per million tokens (cost table)"),
+    "J/token": Column(_formatted("joules_per_token", lambda x: _num(x, "{:.4f}")),
+                      "joules per token at board power (cost table)"),
+}
+DEFAULT_COLUMNS = ("accelerator", "devices", "backend", "model", "precision", "batch", "seq",
+                   "runs", "tokens/s", "spread", "MFU", "MAMFU", "memory")
+"""The compact set, about 116 characters wide with the longest accelerator name of the table."""
+
+
+def select_columns(spec: str | None) -> tuple[str, ...]:
+    """Column names from a comma-separated list (or "all"; None gives the default set)."""
+    if spec is None:
+        return DEFAULT_COLUMNS
+    if spec.strip() == "all":
+        return tuple(TABLE_COLUMNS)
+    names = tuple(name.strip() for name in spec.split(",") if name.strip())
+    unknown = [name for name in names if name not in TABLE_COLUMNS]
+    if unknown or not names:
+        raise ConfigError(f"--columns={spec!r}: unknown column {', '.join(map(repr, unknown))}; "
+                          "valid columns: " + ", ".join(TABLE_COLUMNS) + " (or all)")
+    return names
+
+
+def display(grouped: pd.DataFrame, columns: Sequence[str] = DEFAULT_COLUMNS) -> pd.DataFrame:
     """The grouped comparison as display strings, one row per configuration."""
-    out = pd.DataFrame({
-        "accelerator": grouped["accelerator"],
-        "devices": grouped["devices"].astype(int).astype(str),
-        "backend": grouped["backend"],
-        "model": grouped["model"],
-        "precision": grouped["precision"],
-        "batch": grouped["batch"].astype(int).astype(str),
-        "seq": grouped["seq"].astype(int).astype(str),
-        "runs": grouped["n"].astype(int).astype(str),
-        "tokens/s": [_num(x) for x in grouped["tokens_per_s"]],
-        "tokens/s/device": [_num(x) for x in grouped["tokens_per_s_per_device"]],
-        "spread": [_pct(x) for x in grouped["noise"]],
-        "TFLOP/s/device": [_num(x, "{:.3f}") for x in grouped["tflops_per_device"]],
-        "MFU": [_pct(x) for x in grouped["mfu"]],
-        "MAMFU": [_pct(x) for x in grouped["mamfu"]],
-        "memory": [_fmt_bytes(x) for x in grouped["memory_bytes"]],
-    })
-    if "usd_per_mtok" in grouped:
-        out["$/Mtok"] = [_num(x, "{:.4f}") for x in grouped["usd_per_mtok"]]
-        out["J/token"] = [_num(x, "{:.4f}") for x in grouped["joules_per_token"]]
-    return out
+    return pd.DataFrame({name: TABLE_COLUMNS[name].show(grouped) for name in columns},
+                        columns=list(columns))
 
 
-def print_frame(df: pd.DataFrame, title: str) -> None:
+def print_frame(df: pd.DataFrame, title: str, width: int | None = None) -> None:
+    """A compact rich table (no outer border, one space between columns). With `width` None the
+    console is as wide as the table (at least 120 characters), so no cell folds; otherwise long
+    cells fold to fit `width`."""
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=title)
+    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
+                  padding=(0, 0))
     for column in df.columns:
-        table.add_column(str(column), overflow="fold")
+        numeric = TABLE_COLUMNS[column].numeric if column in TABLE_COLUMNS else False
+        table.add_column(str(column), justify="right" if numeric else "left")
     for values in df.astype(str).itertuples(index=False):
         table.add_row(*values)
-    Console(width=220).print(table)
+    if width is None:
+        width = max(120, Console(width=10_000).measure(table).maximum)
+    Console(width=width).print(table)
 
 
 def markdown(df: pd.DataFrame) -> str:
@@ -313,49 +409,3 @@ def markdown(df: pd.DataFrame) -> str:
 def markdown_table(records: Sequence[dict[str, Any]]) -> str:
     """The per-run table in Markdown."""
     return markdown(pd.DataFrame([row(r) for r in records], columns=list(COLUMNS)))
-
-
-def plots(df: pd.DataFrame, grouped: pd.DataFrame) -> dict[str, Any]:
-    """Matplotlib figures: MFU and tokens/s per device by accelerator x backend x model,
-    step-time spread per configuration, and peak memory."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figures: dict[str, Any] = {}
-    series = grouped.assign(series=grouped["accelerator"] + " / " + grouped["backend"])
-    for name, column, label in (("mfu", "mfu", "MFU (%)"),
-                                ("tokens_per_s", "tokens_per_s_per_device", "tokens/s per device"),
-                                ("memory", "memory_bytes", "peak memory (GiB)")):
-        fig, ax = plt.subplots(figsize=(9, 4.5))
-        table = series.pivot_table(index="model", columns="series", values=column,
-                                   aggfunc="median")
-        scale = {"mfu": 100.0, "memory": 1 / 2**30}.get(name, 1.0)
-        (table * scale).plot.bar(ax=ax, rot=0)
-        ax.set_ylabel(label)
-        ax.set_title(f"{label} by model, accelerator / backend")
-        ax.legend(title="accelerator / backend", fontsize="small")
-        fig.tight_layout()
-        figures[name] = fig
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    ok = df[(df["status"] == "ok") & df["step_times"].map(len).gt(0)]
-    labels = [f"{r.accelerator}/{r.backend}/{r.model}/b{r.batch}s{r.seq}" for r in ok.itertuples()]
-    ax.boxplot([np.asarray(t) * 1e3 for t in ok["step_times"]], tick_labels=labels)
-    ax.set_ylabel("step time (ms)")
-    ax.set_title("step-time spread per run")
-    ax.tick_params(axis="x", labelrotation=30, labelsize="small")
-    fig.tight_layout()
-    figures["step_time"] = fig
-    return figures
-
-
-def save_plots(figures: dict[str, Any], folder: str | Path) -> list[Path]:
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, fig in figures.items():
-        path = folder / f"{name}.png"
-        fig.savefig(path, dpi=100)
-        paths.append(path)
-    return paths

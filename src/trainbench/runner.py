@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from trainbench import config as config_lib
-from trainbench import data, env, flops, hardware, metrics, model, registry, results
+from trainbench import data, env, flops, hardware, metrics, model, registry, results, tracking
 from trainbench.backend import Backend
 from trainbench.config import RunConfig
 from trainbench.errors import ConfigError
@@ -44,7 +44,7 @@ def config_dict(cfg: RunConfig) -> dict[str, Any]:
 def run_id(cfg: RunConfig, model_name: str, backend_name: str) -> str:
     """Readable and stable: the same resolved config always gets the same id."""
     payload = config_dict(cfg)
-    for key in ("results_dir", "sweep"):  # where and how it runs, not what runs
+    for key in ("results_dir", "sweep", "logging"):  # where and how it runs, not what runs
         payload.pop(key)
     digest = hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:8]
     t = cfg.train
@@ -67,6 +67,9 @@ def prepare(cfg: RunConfig, model_name: str) -> Plan:
     available = backend_cls.availability()
     if not available.ok:
         raise ConfigError(f"backend={backend_name} cannot run here: {available.reason}")
+    missing = tracking.missing_package(cfg.logging.name)
+    if missing:
+        raise ConfigError(missing)
     if cfg.precision.name not in backend_cls.precisions:
         raise ConfigError(f"backend={backend_name} does not support precision="
                           f"{cfg.precision.name}; it supports: " + ", ".join(backend_cls.precisions))
@@ -122,30 +125,46 @@ def execute(plan: Plan) -> tuple[dict[str, Any], Path | None]:
     cfg, t = plan.cfg, plan.cfg.train
     record = base_record(plan)
     record["environment"] = env.fingerprint(plan.backend_cls.versions())
-    backend = None
+    backend = tracker = None
     try:
         backend = plan.backend_cls(cfg.backend, cfg.model, cfg.precision, cfg.optim,
                                    total_steps=t.warmup_steps + t.steps)
         device = backend.device()
         record["device"] = {"name": device.name, "kind": device.kind, "count": device.count,
                             **device.extra}
+        flop_count = flops.training_flops(cfg.model, t.batch_size, t.seq_len, t.attention_flops)
+        peak = device_peak(backend, device, cfg.precision.compute_dtype)
+        if backend.is_primary():
+            tracker = tracking.start(cfg.logging, cfg.results_dir, plan.run_id, config_dict(cfg))
+        on_step = None
+        if tracker is not None:
+            record["logging"] = {"name": cfg.logging.name, "path": str(tracker.path)}
+            on_step = tracking.step_logger(tracker, t.batch_size * t.seq_len, flop_count,
+                                           device.count, peak.flops_per_s)
         params = model.init_params(cfg.model, cfg.seed)
-        loop = run_loop(backend, params, plan.source.batch, t.warmup_steps, t.steps)
-        record.update(_measurements(cfg, backend, device, loop))
+        loop = run_loop(backend, params, plan.source.batch, t.warmup_steps, t.steps,
+                        on_step=on_step)
+        record.update(_measurements(cfg, backend, device, loop, flop_count, peak))
+        if tracker is not None and "metrics" in record:
+            tracker.summary(tracking.summary_values(record["metrics"]))
     except Exception as err:  # a crash in one run is recorded, not raised: sweeps go on
         record["status"] = "failed"
         record["cause"] = f"{type(err).__name__}: {err}"
         record["traceback"] = traceback.format_exc()
+    finally:
+        if tracker is not None:
+            error = tracking.close(tracker)
+            if error:
+                record["logging"]["close_error"] = error
     if backend is not None and not backend.is_primary():
         return record, None
     path = results.write_record(record, cfg.results_dir, plan.run_id)
     return record, path
 
 
-def _measurements(cfg: RunConfig, backend: Backend, device: Any, loop: Any) -> dict[str, Any]:
+def _measurements(cfg: RunConfig, backend: Backend, device: Any, loop: Any, flop_count: int,
+                  peak: hardware.PeakInfo) -> dict[str, Any]:
     t = cfg.train
-    flop_count = flops.training_flops(cfg.model, t.batch_size, t.seq_len, t.attention_flops)
-    peak = device_peak(backend, device, cfg.precision.compute_dtype)
     # MAMF (Bekman, "maximum achievable matmul FLOPS"): the measured best matmul rate of the
     # device; on the CPU the peak itself is that measurement.
     mamf = peak if peak.method == "measured" else backend.matmul_peak(cfg.precision.compute_dtype)

@@ -1,4 +1,4 @@
-"""Sweeps that survive failure (DESIGN.md, "Configs and sweeps").
+"""Sweeps that survive failure (docs/design.md, "Configuration and sweeps").
 
 In a multirun each run executes in its own process (`python -m trainbench.worker`), so a crash,
 an out-of-memory kill or a hang past `sweep.timeout_s` becomes a failed record with its cause
