@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-all bench clean
+.PHONY: setup run test test-all bench gpu-wheels gpu-campaign-dry-run clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,15 @@ test-all: setup
 
 bench: setup
 	$(PY) scripts/bench_reference.py
+
+# The GPU campaign (README "Measuring on a GPU"): fetch, for the GPU machine's Python 3.12, the
+# wheels it lacks and build trainbench's own, into .whl/ (no venv needed: plain pip download).
+gpu-wheels:
+	$(PYTHON) scripts/gpu_wheels.py
+
+# Print the campaign's plan and check that every command it would run parses.
+gpu-campaign-dry-run: setup
+	$(PY) scripts/gpu_campaign.py --dry-run --out results/gpu-campaign-dry-run
 
 clean:
 	rm -rf $(VENV) results multirun outputs
