@@ -169,11 +169,11 @@ class Command:
     check: str = "args"
     env: dict[str, str] = field(default_factory=dict)
     cwd: Path = ROOT
-    echo: bool = False
-    """Print its output on the console and in summary.md (short facts: nvidia-smi, ceilings)."""
     """Scripts run from the tree; `python -m trainbench` from the work folder, since -m puts the
     current folder first on sys.path and the tree's top-level kernels/ would shadow the
     `kernels` package transformers imports."""
+    echo: bool = False
+    """Print its output on the console and in summary.md (short facts: nvidia-smi, ceilings)."""
 
     def text(self) -> str:
         return " ".join(self.argv)
@@ -213,8 +213,9 @@ class StepResult:
 
 
 def run_command(cmd: Command, env: dict[str, str], log: Path, timeout_s: float) -> dict[str, Any]:
-    """Run one command in its own process group with its output in `log`; on timeout the whole
-    group is killed (torch.compile and XLA start worker processes)."""
+    """Run one command in its own process group with its output in `log`. When it ends or times
+    out, whatever is left of its group is killed (torch.compile and XLA start worker processes,
+    which must not hold the GPU during the next step)."""
     start = time.monotonic()
     with log.open("a") as f:
         f.write(f"$ {cmd.text()}\n")
@@ -225,13 +226,17 @@ def run_command(cmd: Command, env: dict[str, str], log: Path, timeout_s: float) 
                                     start_new_session=True)
         except OSError as err:  # e.g. the program is not installed: the step fails, the rest go on
             f.write(f"[could not start: {err}]\n")
-            return {"command": cmd.text(), "returncode": 127, "seconds": 0.0, "log": str(log)}
+            return {"command": cmd.text(), "returncode": 127, "seconds": 0.0, "log": str(log),
+                    "echo": cmd.echo}
         try:
             rc: int | None = proc.wait(timeout=max(timeout_s, 0.01))
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
             rc = None
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the group this command started, by its id
+        except ProcessLookupError:
+            pass  # nothing of it is left
+        proc.wait()
         seconds = time.monotonic() - start
         f.write(f"[{'timed out' if rc is None else f'exit {rc}'} after {seconds:.1f} s]\n")
     return {"command": cmd.text(), "returncode": rc, "seconds": round(seconds, 2),
@@ -302,7 +307,8 @@ class Campaign:
             left = deadline - self.clock()
             if left <= 0:
                 return {"command": commands[i].text(), "returncode": None, "seconds": 0.0,
-                        "log": str(logs[i]), "note": "not started: the step's limit was reached"}
+                        "log": str(logs[i]), "echo": False,
+                        "note": "not started: the step's limit was reached"}
             return run_command(commands[i], self.env, logs[i], left)
 
         with ThreadPoolExecutor(max_workers=max(1, step.workers)) as pool:
@@ -313,7 +319,7 @@ class Campaign:
                   "timeout" if any(c is None for c in codes) else "failed")
         self.say(f"{'':10} {step.name}: {status} in {seconds:.1f} s")
         for r, log in zip(ran, logs):
-            if r.get("echo") and r["returncode"] == 0:
+            if r["echo"] and r["returncode"] == 0:
                 self.say(log.read_text(errors="replace").rstrip())
             elif r["returncode"] != 0 and log.exists():
                 tail = log.read_text(errors="replace").splitlines()[-15:]
@@ -411,16 +417,17 @@ def summary_markdown(summary: dict[str, Any], work: Path) -> str:
               for s in summary["steps"]]
     rows = summary["training"]
     if rows:
-        lines += ["", "| variant | model | batch x seq | status | tokens/s | TFLOP/s | MFU | MAMFU "
-                  "| step s | first step s | peak GB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += ["", "| variant | model | batch x seq | status | tokens/s | TFLOP/s | MFU "
+                  "| MAMFU (ceilings) | step s | first step s | peak GB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             lines.append(
                 f"| {r['variant']} | {r['model']} | {r['batch']} x {r['seq']} | {r['status']} | "
                 f"{_fmt(r['tokens_per_s'], ',.0f')} | {_fmt(r['model_tflops'], '.1f')} | "
                 f"{_fmt(r['mfu'], '.1%')} | {_fmt(r['mamfu'], '.1%')} | {_fmt(r['step_s'], '.3f')} "
                 f"| {_fmt(r['first_step_s'], '.1f')} | {_fmt(r['peak_memory_gb'], '.1f')} |")
-        lines += ["", "MFU: model FLOPs/s over the datasheet dense bf16 peak; MAMFU: over the "
-                  "GEMM rate measured above."]
+        lines += ["", "MFU: model FLOP/s over the peak the record names (on a GPU the datasheet "
+                  "dense bf16 peak); MAMFU (ceilings): over the bf16 GEMM rate the ceilings step "
+                  "measured (the report's MAMFU column divides by each run's own matmul probe)."]
     echoed = [c["log"] for s in summary["steps"] for c in s["commands"]
               if c.get("echo") and c["returncode"] == 0]
     if echoed:
@@ -543,13 +550,19 @@ def build_plan(python: str, work: Path, wheels: Path, only: set[str]) -> list[St
                           for v in TRAIN_VARIANTS]
     steps.append(large)
 
-    report = trainbench(python, work, ["report", "--markdown", "--plots", str(work / "report"),
-                                       "--csv", str(work / "report" / "report.csv"), str(records)],
-                        check="args")
-    steps.append(Step("report", "report",
-                      lambda c: [report] if records_in(records) else "no training record to report",
-                      45, final=True, dry_commands=[report]))
+    steps.append(report_step(python, work))
     return [s for s in steps if {s.group, s.name} & only or s.group == "install"]
+
+
+def report_step(python: str, work: Path) -> Step:
+    """`trainbench report` over every record: Markdown (its log), CSV and PNG plots."""
+    records = work / "records"
+    report = trainbench(python, work, ["report", "--markdown", "--plots", str(work / "report"),
+                                       "--csv", str(work / "report.csv"), str(records)],
+                        check="args")
+    return Step("report", "report",
+                lambda c: [report] if records_in(records) else "no training record to report",
+                45, final=True, dry_commands=[report])
 
 
 def install_project_wheel(pip: list[str], wheels: Path
@@ -741,6 +754,9 @@ def main(argv: list[str] | None = None) -> int:
     campaign = Campaign(steps, args.budget_s, work, args.out, env, info=info)
     campaign.say(f"trainbench GPU campaign: budget {args.budget_s:g} s, work folder {work}, "
                  f"results into {args.out}")
+    for problem in gpu_wheels.report(gpu_wheels.load_spec(), args.wheels):
+        campaign.say(f"warning: {problem} (run `make gpu-wheels` where there is network, and "
+                     "bring .whl/ along)")
     campaign.run()
     campaign.say(f"[{campaign.elapsed():6.1f} s] done")
     campaign.write_outputs()

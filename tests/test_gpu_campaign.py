@@ -411,3 +411,27 @@ def test_ceilings_script_measures_on_the_cpu(tmp_path: Path) -> None:
     assert gemm["tflops_median"] == pytest.approx(
         2 * 128**3 / (sorted(gemm["times_ms"])[1] / 1e3) / 1e12)
     assert copy["gbps_median"] == pytest.approx(2 * 4e6 / (sorted(copy["times_ms"])[1] / 1e3) / 1e9)
+
+
+@pytest.mark.slow
+def test_a_real_run_and_report_on_the_cpu(tmp_path: Path) -> None:
+    """The train and report steps as the campaign builds them, with a real trainbench run (the
+    tiny model, torch on the CPU in bf16): a record, a summary row, the report's plots."""
+    work = tmp_path / "work"
+    v = gc.Variant("torch-cpu", ("backend=torch", "backend.device=cpu"), 2)
+    overrides = gc.train_overrides(v, work / "records" / "tiny-torch-cpu", model="tiny", seq=32,
+                                   batch=2, warmup=1, steps=2)
+    steps = [gc.train_step("tiny-torch-cpu", v, overrides, PY, work, 300, 1, ""),
+             gc.report_step(PY, work)]
+    results = gc.Campaign(steps, 600, work, tmp_path / "out", dict(os.environ)).run()
+    assert [r.status for r in results] == ["ok", "ok"], (work / "campaign.log").read_text()
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    [row] = summary["training"]
+    assert (row["variant"], row["model"], row["batch"], row["seq"]) == ("tiny-torch-cpu", "tiny",
+                                                                        2, 32)
+    assert row["status"] == "ok" and row["tokens_per_s"] > 0 and row["mfu"] > 0
+    assert row["mamfu"] is None  # no ceilings measured in this campaign
+    with tarfile.open(tmp_path / "out" / "campaign.tar.gz") as tar:
+        names = tar.getnames()
+    assert any(n.startswith("campaign/report/") and n.endswith(".png") for n in names), names
+    assert "## trainbench report" in (tmp_path / "out" / "summary.md").read_text()
