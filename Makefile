@@ -35,7 +35,7 @@ gpu-wheels:
 
 # Print the campaign's plan and check that every command it would run parses.
 gpu-campaign-dry-run: setup
-	$(PY) scripts/gpu_campaign.py --dry-run --out results/gpu-campaign-dry-run
+	$(PY) scripts/gpu_campaign.py --dry-run
 
 clean:
 	rm -rf $(VENV) results multirun outputs

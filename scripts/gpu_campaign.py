@@ -90,6 +90,9 @@ class Variant:
     name: str
     overrides: tuple[str, ...]
     batch: int
+    limit_s: float
+    """The run's time limit; min_s: not started with less left."""
+    min_s: float
     fused_loss: bool = False
     """The LM head and loss never hold [tokens, vocab] logits (the Triton cross-entropy)."""
     scores: bool = False
@@ -101,24 +104,32 @@ class Variant:
 # (141 GB): 12 sequences (24,576 tokens) put the native-loss runs at ~106 GB and the fused-loss
 # runs at ~75 GB; the same 12 everywhere keeps the runs comparable. jax attention=xla keeps every
 # layer's [heads, T, T] scores (32 x 2048^2 x 6 bytes per sequence per layer), so it gets 4 (~103 GB).
+# Time limits and minimums are estimates, not measurements: every run first draws its 1.24B
+# initial weights with NumPy on the CPU (~20 s; trainbench.model.init_params), then compiles
+# (torch.compile or XLA: tens of seconds; Triton JIT: seconds per kernel); 10 steps take ~5 s.
 TRAIN_VARIANTS = (
-    Variant("torch-native", ("backend=torch", "backend.device=cuda"), 12),
-    Variant("torch-compile", ("backend=torch", "backend.device=cuda", "backend.compile=true"), 12),
-    Variant("torch-triton", ("backend=torch", "backend.device=cuda", *_ALL_TRITON), 12,
+    Variant("torch-native", ("backend=torch", "backend.device=cuda"), 12, 120, 45),
+    Variant("torch-compile", ("backend=torch", "backend.device=cuda", "backend.compile=true"), 12,
+            180, 90),
+    Variant("torch-triton", ("backend=torch", "backend.device=cuda", *_ALL_TRITON), 12, 150, 60,
             fused_loss=True),
     Variant("torch-triton-compile", ("backend=torch", "backend.device=cuda", *_ALL_TRITON,
-                                     "backend.compile=true"), 12, fused_loss=True),
-    Variant("jax-xla", ("backend=jax", "backend.attention=xla"), 4, scores=True, jax=True),
-    Variant("jax-cudnn", ("backend=jax", "backend.attention=cudnn"), 12, jax=True),
+                                     "backend.compile=true"), 12, 180, 90, fused_loss=True),
+    Variant("jax-xla", ("backend=jax", "backend.attention=xla"), 4, 180, 75, scores=True,
+            jax=True),
+    Variant("jax-cudnn", ("backend=jax", "backend.attention=cudnn"), 12, 180, 75, jax=True),
 )
 SMALL = {"model": "llama32_1b", "seq": 2048, "warmup": 2, "steps": 8}
-LARGE = {"model": "llama3_8b", "seq": 8192, "batch": 1, "warmup": 2, "steps": 4}
+LARGE = {"model": "llama3_8b", "seq": 8192, "batch": 1, "warmup": 2, "steps": 4,
+         "limit_s": 360, "min_s": 200}
+"""min_s: NumPy alone draws the 8.03B initial weights in about two minutes."""
 OVERSIZE_SKIP = 1.10
 """The llama3_8b run is skipped when its estimate exceeds the device's memory by more than this
 factor: the estimate is rough (about 10%), beyond that the run can only fail out of memory."""
 
 JAX_ENV = {"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.95"}
 """XLA takes 75% of the GPU by default; the runs are sized for the whole card."""
+BUDGET_SKIP = "skipped: the budget"
 OOM = re.compile(r"out of memory|OutOfMemory|RESOURCE_EXHAUSTED", re.IGNORECASE)
 
 
@@ -287,7 +298,7 @@ class Campaign:
         allowed = self.allowance(step)
         stamp = f"[{self.elapsed():6.1f} s]"
         if allowed < step.min_s:
-            note = (f"skipped: the budget leaves {max(allowed, 0):.0f} s for it "
+            note = (f"{BUDGET_SKIP} leaves {max(allowed, 0):.0f} s for it "
                     f"(--budget-s {self.budget_s:g}, {self.reserve_s:g} s kept for the report); "
                     f"it needs at least {step.min_s:g} s")
             self.say(f"{stamp} {step.name}: {note}")
@@ -529,7 +540,7 @@ def build_plan(python: str, work: Path, wheels: Path, only: set[str]) -> list[St
         steps.append(Step(f"bench-{model}", "bench",
                           [Command([python, BENCH_KERNELS, "--model", model, "--batch", str(batch),
                                     "--seq", str(seq), "--dtype", "bfloat16", "--out", str(out)])],
-                          75, min_s=30))
+                          60, min_s=30))
 
     for v in TRAIN_VARIANTS:
         name = f"{SMALL['model']}-{v.name}"
@@ -537,15 +548,14 @@ def build_plan(python: str, work: Path, wheels: Path, only: set[str]) -> list[St
                                  fused_loss=v.fused_loss, scores=v.scores, remat=False)
         over = train_overrides(v, records / name, model=SMALL["model"], seq=SMALL["seq"],
                                batch=v.batch, warmup=SMALL["warmup"], steps=SMALL["steps"])
-        compiles = "compile=true" in " ".join(v.overrides) or v.jax
-        steps.append(train_step(name, v, over, python, work, 180 if compiles else 120,
-                                60 if compiles else 40,
+        steps.append(train_step(name, v, over, python, work, v.limit_s, v.min_s,
                                 f"batch {v.batch}: ~{est:.0f} GB of {capacity:g} GB"))
 
     large = Step(f"{LARGE['model']}-best", "train",
                  lambda c: large_run(c, python, work, presets[LARGE["model"]], capacity),
-                 300, min_s=120, note=f"batch {LARGE['batch']} x {LARGE['seq']} on the best "
-                 f"{SMALL['model']} variant by MFU (jax: with remat)")
+                 LARGE["limit_s"], min_s=LARGE["min_s"],
+                 note=f"batch {LARGE['batch']} x {LARGE['seq']} on the best {SMALL['model']} "
+                 "variant by MFU (jax: with remat)")
     large.dry_commands = [trainbench(python, work, large_overrides(v, records), jax=v.jax)
                           for v in TRAIN_VARIANTS]
     steps.append(large)
@@ -699,6 +709,15 @@ def check_args(cmd: Command) -> str | None:
     return None
 
 
+def rerun_hint(results: list[StepResult]) -> str | None:
+    """The command that runs what the budget skipped (another call, if device time is left)."""
+    skipped = [r.name for r in results if r.note.startswith(BUDGET_SKIP) and r.group != "report"]
+    if not skipped:
+        return None
+    return ("to run what the budget skipped: python3 scripts/gpu_campaign.py --out DIR --only "
+            + ",".join(skipped) + ",report")
+
+
 # ---- main --------------------------------------------------------------------------------------------
 
 def parse_only(text: str) -> set[str]:
@@ -759,6 +778,9 @@ def main(argv: list[str] | None = None) -> int:
                      "bring .whl/ along)")
     campaign.run()
     campaign.say(f"[{campaign.elapsed():6.1f} s] done")
+    hint = rerun_hint(campaign.results)
+    if hint:
+        campaign.say(hint)
     campaign.write_outputs()
     print((args.out / "summary.md").read_text())
     return 0

@@ -136,11 +136,14 @@ def test_budget_spent_skips_the_rest_with_a_note(tmp_path: Path) -> None:
     clock = FakeClock()
     steps = [gc.Step("long", "g", [cmd("pass")], 60, then=clock.advance(95)),
              gc.Step("x", "g", [cmd("pass")], 60, min_s=1),
-             gc.Step("y", "g", [cmd("pass")], 60, min_s=1)]
+             gc.Step("y", "g", lambda c: "decided not to run", 60, min_s=1),
+             gc.Step("report", "report", [cmd("pass")], 5, final=True)]
     results = campaign(tmp_path, steps, budget_s=90, clock=clock).run()
-    assert [r.status for r in results] == ["ok", "skipped", "skipped"]
+    assert [r.status for r in results] == ["ok", "skipped", "skipped", "skipped"]
     log = (tmp_path / "work" / "campaign.log").read_text()
     assert "x: skipped: the budget leaves 0 s" in log
+    assert gc.rerun_hint(results).endswith("--only x,y,report")
+    assert gc.rerun_hint(results[:1]) is None
 
 
 def test_parallel_step_runs_its_commands_at_once(tmp_path: Path) -> None:
@@ -418,7 +421,7 @@ def test_a_real_run_and_report_on_the_cpu(tmp_path: Path) -> None:
     """The train and report steps as the campaign builds them, with a real trainbench run (the
     tiny model, torch on the CPU in bf16): a record, a summary row, the report's plots."""
     work = tmp_path / "work"
-    v = gc.Variant("torch-cpu", ("backend=torch", "backend.device=cpu"), 2)
+    v = gc.Variant("torch-cpu", ("backend=torch", "backend.device=cpu"), 2, 300, 1)
     overrides = gc.train_overrides(v, work / "records" / "tiny-torch-cpu", model="tiny", seq=32,
                                    batch=2, warmup=1, steps=2)
     steps = [gc.train_step("tiny-torch-cpu", v, overrides, PY, work, 300, 1, ""),
