@@ -103,7 +103,7 @@ class Variant:
 # The bf16 training runs of llama32_1b at seq 2048. Batches from memory_estimate_gb on an H200
 # (141 GB): 12 sequences (24,576 tokens) put the native-loss runs at ~106 GB and the fused-loss
 # runs at ~75 GB; the same 12 everywhere keeps the runs comparable. jax attention=xla keeps every
-# layer's [heads, T, T] scores (32 x 2048^2 x 6 bytes per sequence per layer), so it gets 4 (~103 GB).
+# layer's [heads, T, T] scores (32 x 2048^2 x 6 bytes per sequence per layer): batch 4, ~103 GB.
 # Time limits and minimums are estimates, not measurements: every run first draws its 1.24B
 # initial weights with NumPy on the CPU (~20 s; trainbench.model.init_params), then compiles
 # (torch.compile or XLA: tens of seconds; Triton JIT: seconds per kernel); 10 steps take ~5 s.
@@ -133,7 +133,7 @@ BUDGET_SKIP = "skipped: the budget"
 OOM = re.compile(r"out of memory|OutOfMemory|RESOURCE_EXHAUSTED", re.IGNORECASE)
 
 
-# ---- sizing ---------------------------------------------------------------------------------------
+# ---- sizing --------------------------------------------------------------------------------------
 
 def load_yaml(relpath: str) -> dict[str, Any]:
     """One of trainbench's data files, read from the tree (trainbench need not be installed)."""
@@ -168,7 +168,7 @@ def device_memory_gb(name: str = TARGET_DEVICE) -> float:
     return float(load_yaml("src/trainbench/data/hardware.yaml")[name]["memory_gb"])
 
 
-# ---- steps and their execution ----------------------------------------------------------------------
+# ---- steps and their execution -------------------------------------------------------------------
 
 @dataclass
 class Command:
@@ -415,7 +415,8 @@ def _fmt(value: Any, spec: str) -> str:
 def summary_markdown(summary: dict[str, Any], work: Path) -> str:
     c = summary["campaign"]
     lines = [f"# GPU campaign {c.get('started', '')}", "",
-             f"`{c.get('command', '')}` — {c['elapsed_s']} s of a {c['budget_s']:g} s budget.", ""]
+             f"`{c.get('command', '')}` — {c['elapsed_s']} s of a {c['budget_s']:g} s budget.",
+             ""]
     ceil = summary["ceilings"]
     if ceil:
         g, cp, facts = ceil["gemm"], ceil["copy"], ceil["facts"]
@@ -429,13 +430,16 @@ def summary_markdown(summary: dict[str, Any], work: Path) -> str:
     rows = summary["training"]
     if rows:
         lines += ["", "| variant | model | batch x seq | status | tokens/s | TFLOP/s | MFU "
-                  "| MAMFU (ceilings) | step s | first step s | peak GB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| MAMFU (ceilings) | step s | first step s | peak GB |", "|---" * 11 + "|"]
         for r in rows:
             lines.append(
                 f"| {r['variant']} | {r['model']} | {r['batch']} x {r['seq']} | {r['status']} | "
                 f"{_fmt(r['tokens_per_s'], ',.0f')} | {_fmt(r['model_tflops'], '.1f')} | "
                 f"{_fmt(r['mfu'], '.1%')} | {_fmt(r['mamfu'], '.1%')} | {_fmt(r['step_s'], '.3f')} "
                 f"| {_fmt(r['first_step_s'], '.1f')} | {_fmt(r['peak_memory_gb'], '.1f')} |")
+        failed = [f"- {r['variant']} ({r['status']}): {r['cause']}" for r in rows
+                  if r["status"] != "ok"]
+        lines += [""] + failed if failed else []
         lines += ["", "MFU: model FLOP/s over the peak the record names (on a GPU the datasheet "
                   "dense bf16 peak); MAMFU (ceilings): over the bf16 GEMM rate the ceilings step "
                   "measured (the report's MAMFU column divides by each run's own matmul probe)."]
@@ -451,7 +455,7 @@ def summary_markdown(summary: dict[str, Any], work: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-# ---- the plan ---------------------------------------------------------------------------------------
+# ---- the plan ------------------------------------------------------------------------------------
 
 def read_tuple(path: Path, name: str) -> tuple[str, ...]:
     """A module-level tuple of string literals, read without importing the module."""
@@ -496,7 +500,8 @@ def retry_half_batch_on_oom(campaign: Campaign, step: Step, result: StepResult) 
     argv = [f"train.batch_size={batch // 2}" if a.startswith("train.batch_size=") else a
             for a in cmd.argv]
     return Step(f"{step.name}-retry", step.group, [Command(argv, cmd.check, cmd.env, cmd.cwd)],
-                step.timeout_s, step.min_s, note=f"out of memory at batch {batch}: batch {batch // 2}")
+                step.timeout_s, step.min_s,
+                note=f"out of memory at batch {batch}: batch {batch // 2}")
 
 
 def build_plan(python: str, work: Path, wheels: Path, only: set[str]) -> list[Step]:
@@ -513,7 +518,8 @@ def build_plan(python: str, work: Path, wheels: Path, only: set[str]) -> list[St
                       [Command(pip + carried, "none"),
                        Command(pip + ["--no-build-isolation", PROJECT_ROOT], "none")],
                       90, then=install_project_wheel(pip, wheels),
-                      note=f"{len(carried)} wheel(s) from {wheels.name}/, trainbench from the tree"))
+                      note=f"{len(carried)} wheel(s) from {wheels.name}/, trainbench from the "
+                      "tree"))
 
     query = ("name,driver_version,memory.total,pstate,clocks.sm,clocks.max.sm,clocks.mem,"
              "clocks.max.mem,power.draw,power.limit,temperature.gpu")
@@ -529,7 +535,8 @@ def build_plan(python: str, work: Path, wheels: Path, only: set[str]) -> list[St
     dtypes = read_tuple(ROOT / TRITON_CHECKS, "DTYPES")
     checks = [Command([python, TRITON_CHECKS, op, dtype, "large", "--device", "cuda"])
               for op in ops for dtype in dtypes]
-    checks.append(Command([python, TRITON_CHECKS, "errors", "float32", "small", "--device", "cuda"]))
+    checks.append(Command([python, TRITON_CHECKS, "errors", "float32", "small", "--device",
+                           "cuda"]))
     steps.append(Step("triton", "triton", checks, 120, min_s=30, workers=4,
                       note="4 checks at a time on the one GPU (correctness, not timing)"))
 
@@ -577,7 +584,7 @@ def report_step(python: str, work: Path) -> Step:
 
 def install_project_wheel(pip: list[str], wheels: Path
                           ) -> Callable[[Campaign, Step, StepResult], Step | None]:
-    """If trainbench did not build from the tree there, install the wheel `make gpu-wheels` built."""
+    """If trainbench did not build from the tree there, install the wheel from make gpu-wheels."""
     def then(campaign: Campaign, step: Step, result: StepResult) -> Step | None:
         codes = [r["returncode"] for r in result.commands]
         if len(codes) < 2 or codes[1] == 0:
@@ -621,7 +628,7 @@ def large_run(campaign: Campaign, python: str, work: Path, preset: dict[str, Any
     return [trainbench(python, work, large_overrides(v, records), jax=v.jax)]
 
 
-# ---- dry run -----------------------------------------------------------------------------------------
+# ---- dry run -------------------------------------------------------------------------------------
 
 def dry_run(steps: list[Step], wheels: Path, python: str) -> list[str]:
     """Print the plan and check every command; return the problems found."""
@@ -659,7 +666,8 @@ def check_torch_ops() -> list[str]:
     from trainbench.backends.torch import ops
 
     if set(TORCH_OPS) != set(ops.OPS):
-        return [f"TORCH_OPS {sorted(TORCH_OPS)} differ from the torch backend's ops {sorted(ops.OPS)}"]
+        return [f"TORCH_OPS {sorted(TORCH_OPS)} differ from the torch backend's ops "
+                f"{sorted(ops.OPS)}"]
     return []
 
 
@@ -718,7 +726,7 @@ def rerun_hint(results: list[StepResult]) -> str | None:
             + ",".join(skipped) + ",report")
 
 
-# ---- main --------------------------------------------------------------------------------------------
+# ---- main ----------------------------------------------------------------------------------------
 
 def parse_only(text: str) -> set[str]:
     """Groups or step names; a step name is checked against the plan in main."""
@@ -731,7 +739,8 @@ def parse_only(text: str) -> set[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, help="folder for the results (required unless --dry-run)")
+    parser.add_argument("--out", type=Path,
+                        help="folder for the results (required unless --dry-run)")
     parser.add_argument("--budget-s", type=float, default=480.0,
                         help="the campaign's own time budget in seconds (default 480)")
     parser.add_argument("--dry-run", action="store_true",
@@ -767,9 +776,13 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ, PYTHONUNBUFFERED="1",
                PYTHONPATH=os.pathsep.join(filter(None, [str(work / "site"),
                                                         os.environ.get("PYTHONPATH")])))
+    env.pop("TRITON_INTERPRET", None)  # the kernels must run compiled on the GPU
+    git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
+                         text=True) if shutil.which("git") else None
     info = {"command": " ".join([Path(python).name, *sys.argv]),
             "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "work": str(work), "python": python, "host": os.uname().nodename}
+            "work": str(work), "python": python, "host": os.uname().nodename,
+            "git_commit": git.stdout.strip() if git and git.returncode == 0 else None}
     campaign = Campaign(steps, args.budget_s, work, args.out, env, info=info)
     campaign.say(f"trainbench GPU campaign: budget {args.budget_s:g} s, work folder {work}, "
                  f"results into {args.out}")

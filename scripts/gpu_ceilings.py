@@ -46,7 +46,8 @@ def device_facts(torch: Any, device: str) -> dict[str, Any]:
         p = torch.cuda.get_device_properties(0)
         facts.update(name=p.name, compute_capability=f"{p.major}.{p.minor}",
                      multiprocessors=p.multi_processor_count, memory_bytes=p.total_memory,
-                     l2_bytes=getattr(p, "L2_cache_size", None), device_count=torch.cuda.device_count())
+                     l2_bytes=getattr(p, "L2_cache_size", None),
+                     device_count=torch.cuda.device_count())
     else:
         facts.update(name="cpu")
     return facts

@@ -63,7 +63,8 @@ def parse_wheel_name(filename: str) -> tuple[str, str]:
     """(normalized name, version) of a wheel file name (PEP 427: NAME-VERSION-...-TAGS.whl)."""
     parts = filename[:-len(".whl")].split("-")
     if not filename.endswith(".whl") or len(parts) < 5:
-        raise ValueError(f"{filename!r} is not a wheel file name (NAME-VERSION-PY-ABI-PLATFORM.whl)")
+        raise ValueError(f"{filename!r} is not a wheel file name "
+                         "(NAME-VERSION-PY-ABI-PLATFORM.whl)")
     return normalize(parts[0]), parts[1]
 
 

@@ -75,7 +75,8 @@ def test_failing_step_does_not_stop_the_campaign(tmp_path: Path) -> None:
 
 
 def test_missing_program_fails_its_step_only(tmp_path: Path) -> None:
-    c = campaign(tmp_path, [gc.Step("tool", "g", [gc.Command(["no-such-program-here"], "tool")], 60),
+    tool = gc.Command(["no-such-program-here"], "tool")
+    c = campaign(tmp_path, [gc.Step("tool", "g", [tool], 60),
                             gc.Step("next", "g", [cmd("pass")], 60)])
     assert [r.status for r in c.run()] == ["failed", "ok"]
 
@@ -182,7 +183,7 @@ def write_record_code(status: str, cause: str | None, mfu: float | None = None) 
 
 
 def test_out_of_memory_run_is_retried_once_at_half_the_batch(tmp_path: Path) -> None:
-    results_dir = tmp_path / "records" / "variant"
+    results_dir = tmp_path / "work" / "records" / "variant"
     code = write_record_code("failed", "OutOfMemoryError: CUDA out of memory. Tried to allocate")
     step = gc.Step("variant", "train", [cmd(code, "train.batch_size=12",
                                             f"results_dir={results_dir}")], 60,
@@ -190,6 +191,7 @@ def test_out_of_memory_run_is_retried_once_at_half_the_batch(tmp_path: Path) -> 
     results = campaign(tmp_path, [step]).run()
     assert [(r.name, r.status) for r in results] == [("variant", "failed"),
                                                      ("variant-retry", "failed")]
+    assert "- variant (failed): OutOfMemoryError" in (tmp_path / "out" / "summary.md").read_text()
     assert "train.batch_size=6" in results[1].commands[0]["command"]
     assert sorted(p.name for p in results_dir.iterdir()) == ["run_b12.json", "run_b6.json"]
 
@@ -235,7 +237,7 @@ def test_mamfu_divides_by_the_measured_gemm_rate(tmp_path: Path) -> None:
     assert row["mfu"] == pytest.approx(400 / 989.5)
 
 
-# ---- the plan -----------------------------------------------------------------------------------------
+# ---- the plan ------------------------------------------------------------------------------------
 
 def test_plan_has_the_issue_order_and_every_kernel_check(tmp_path: Path) -> None:
     steps = gc.build_plan(PY, tmp_path, full_wheel_folder(tmp_path / "whl"), set(gc.GROUPS))
@@ -312,8 +314,8 @@ def test_dry_run_reports_bad_commands_and_missing_wheels(tmp_path: Path, capsys)
              gc.Step("bad-args", "bench", [gc.Command([PY, "scripts/gpu_ceilings.py",
                                                        "--no-such-flag"])], 60),
              gc.Step("no-script", "bench", [gc.Command([PY, "scripts/no_such_script.py"])], 60),
-             gc.Step("ok", "bench", [gc.Command([PY, "scripts/gpu_ceilings.py", "--out", "x.json"])],
-                     60)]
+             gc.Step("ok", "bench",
+                     [gc.Command([PY, "scripts/gpu_ceilings.py", "--out", "x.json"])], 60)]
     problems = gc.dry_run(steps, tmp_path / "empty", PY)
     text = "\n".join(problems)
     assert "train.batch_size=0 must be at least 1" in text
@@ -347,7 +349,7 @@ def test_dry_run_of_the_whole_campaign_passes(tmp_path: Path) -> None:
         assert f"\n{name} [" in proc.stdout
 
 
-# ---- the wheels ----------------------------------------------------------------------------------------
+# ---- the wheels ----------------------------------------------------------------------------------
 
 def test_wheel_spec_pins_exactly_what_the_machine_lacks() -> None:
     spec = gw.load_spec()
@@ -397,7 +399,7 @@ def test_wheel_names_parse() -> None:
         gw.parse_wheel_name("hydra_core-1.3.8.tar.gz")
 
 
-# ---- the ceilings script -----------------------------------------------------------------------------
+# ---- the ceilings script -------------------------------------------------------------------------
 
 @pytest.mark.slow
 def test_ceilings_script_measures_on_the_cpu(tmp_path: Path) -> None:
