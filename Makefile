@@ -29,9 +29,9 @@ bench: setup
 	$(PY) scripts/bench_reference.py
 
 # The GPU campaign (README "Measuring on a GPU"): fetch, for the GPU machine's Python 3.12, the
-# wheels it lacks and build trainbench's own, into .whl/ (no venv needed: plain pip download).
-gpu-wheels:
-	$(PYTHON) scripts/gpu_wheels.py
+# wheels it lacks and build trainbench's own, into .whl/.
+gpu-wheels: setup
+	$(PY) scripts/gpu_wheels.py
 
 # Print the campaign's plan and check that every command it would run parses.
 gpu-campaign-dry-run: setup

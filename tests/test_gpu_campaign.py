@@ -325,6 +325,14 @@ def test_dry_run_reports_bad_commands_and_missing_wheels(tmp_path: Path, capsys)
     assert "bad-run [train]" in capsys.readouterr().out  # the plan is printed
 
 
+def test_dry_run_composes_every_training_run(tmp_path: Path, capsys) -> None:
+    """The training part of the real plan: every run (and each llama3_8b candidate) composes and
+    validates with trainbench's own functions. The whole dry run is the slow test below."""
+    wheels = full_wheel_folder(tmp_path / "whl")
+    assert gc.dry_run(gc.build_plan(PY, tmp_path, wheels, {"train"}), wheels, PY) == []
+    assert "composed and validated 12 trainbench run(s)" in capsys.readouterr().out
+
+
 def test_command_line_errors_exit_2(capsys) -> None:
     for argv, message in ((["--budget-s", "0"], "--budget-s=0 must be positive"),
                           ([], "--out DIR is required"),
