@@ -119,6 +119,7 @@ TRAIN_VARIANTS = (
             jax=True),
     Variant("jax-cudnn", ("backend=jax", "backend.attention=cudnn"), 12, 180, 75, jax=True),
 )
+VARIANTS = {v.name: v for v in TRAIN_VARIANTS}
 SMALL = {"model": "llama32_1b", "seq": 2048, "warmup": 2, "steps": 8}
 LARGE = {"model": "llama3_8b", "seq": 8192, "batch": 1, "warmup": 2, "steps": 4,
          "limit_s": 360, "min_s": 200}
@@ -504,8 +505,9 @@ def retry_half_batch_on_oom(campaign: Campaign, step: Step, result: StepResult) 
                 note=f"out of memory at batch {batch}: batch {batch // 2}")
 
 
-def build_plan(python: str, work: Path, wheels: Path, only: set[str]) -> list[Step]:
-    """Every step of the campaign, in order, restricted to the groups in `only`."""
+def build_plan(python: str, work: Path, wheels: Path, only: set[str],
+               large_variant: str | None = None) -> list[Step]:
+    """Every step of the campaign, in order, restricted to the groups or steps in `only`."""
     site, records = work / "site", work / "records"
     presets = load_yaml("src/trainbench/data/presets.yaml")
     capacity = device_memory_gb()
@@ -559,10 +561,12 @@ def build_plan(python: str, work: Path, wheels: Path, only: set[str]) -> list[St
                                 f"batch {v.batch}: ~{est:.0f} GB of {capacity:g} GB"))
 
     large = Step(f"{LARGE['model']}-best", "train",
-                 lambda c: large_run(c, python, work, presets[LARGE["model"]], capacity),
+                 lambda c: large_run(c, python, work, presets[LARGE["model"]], capacity,
+                                     large_variant),
                  LARGE["limit_s"], min_s=LARGE["min_s"],
-                 note=f"batch {LARGE['batch']} x {LARGE['seq']} on the best {SMALL['model']} "
-                 "variant by MFU (jax: with remat)")
+                 note=f"batch {LARGE['batch']} x {LARGE['seq']} on "
+                 + (large_variant or f"the best {SMALL['model']} variant by MFU")
+                 + " (jax: with remat)")
     large.dry_commands = [trainbench(python, work, large_overrides(v, records), jax=v.jax)
                           for v in TRAIN_VARIANTS]
     steps.append(large)
@@ -604,22 +608,31 @@ def large_overrides(v: Variant, records: Path) -> list[str]:
                            steps=LARGE["steps"], extra=extra)
 
 
-def large_run(campaign: Campaign, python: str, work: Path, preset: dict[str, Any],
-              capacity: float) -> list[Command] | str:
-    """The llama3_8b run on the finished llama32_1b variant with the best MFU, if it can fit."""
-    records = work / "records"
-    by_name = {f"{SMALL['model']}-{v.name}": v for v in TRAIN_VARIANTS}
-    done = [r for r in records_in(records)
-            if r.get("status") == "ok" and r["_variant"].removesuffix("-retry") in by_name
+def best_variant(records: Path) -> tuple[Variant, float] | None:
+    """The llama32_1b variant whose finished run has the best MFU, and that MFU."""
+    by_folder = {f"{SMALL['model']}-{v.name}": v for v in TRAIN_VARIANTS}
+    done = [(by_folder[r["_variant"]], r["metrics"]["mfu"]) for r in records_in(records)
+            if r.get("status") == "ok" and r["_variant"] in by_folder
             and (r.get("metrics") or {}).get("mfu")]
-    if not done:
-        return f"no {SMALL['model']} run finished with an MFU: no best variant to run"
-    best = max(done, key=lambda r: r["metrics"]["mfu"])
-    v = by_name[best["_variant"].removesuffix("-retry")]
+    return max(done, key=lambda vm: vm[1]) if done else None
+
+
+def large_run(campaign: Campaign, python: str, work: Path, preset: dict[str, Any],
+              capacity: float, chosen: str | None = None) -> list[Command] | str:
+    """The llama3_8b run on `chosen` or else on the finished llama32_1b variant with the best
+    MFU, if its memory estimate leaves it a chance to fit."""
+    records = work / "records"
+    if chosen:
+        v, why = VARIANTS[chosen], "--large-variant"
+    else:
+        best = best_variant(records)
+        if best is None:
+            return f"no {SMALL['model']} run finished with an MFU: no best variant to run"
+        v, why = best[0], f"MFU {best[1]:.1%}"
     est = memory_estimate_gb(preset, LARGE["batch"], LARGE["seq"], fused_loss=v.fused_loss,
                              scores=v.scores, remat=v.jax)
-    arithmetic = (f"{v.name} (MFU {best['metrics']['mfu']:.1%}) at batch {LARGE['batch']} x "
-                  f"{LARGE['seq']}: ~{est:.0f} GB of {capacity:g} GB")
+    arithmetic = (f"{v.name} ({why}) at batch {LARGE['batch']} x {LARGE['seq']}: ~{est:.0f} GB "
+                  f"of {capacity:g} GB")
     if est > OVERSIZE_SKIP * capacity:
         return (f"{arithmetic}, beyond the estimate's margin: it could only fail out of memory "
                 f"(weights, gradients and AdamW state alone are "
@@ -717,13 +730,17 @@ def check_args(cmd: Command) -> str | None:
     return None
 
 
-def rerun_hint(results: list[StepResult]) -> str | None:
-    """The command that runs what the budget skipped (another call, if device time is left)."""
+def rerun_hint(results: list[StepResult], records: Path) -> str | None:
+    """The command that runs what the budget skipped (another call, if device time is left);
+    the llama3_8b run keeps the variant this call found best."""
     skipped = [r.name for r in results if r.note.startswith(BUDGET_SKIP) and r.group != "report"]
     if not skipped:
         return None
+    best = best_variant(records)
+    large = (f" --large-variant {best[0].name}"
+             if f"{LARGE['model']}-best" in skipped and best else "")
     return ("to run what the budget skipped: python3 scripts/gpu_campaign.py --out DIR --only "
-            + ",".join(skipped) + ",report")
+            + ",".join(skipped) + ",report" + large)
 
 
 # ---- main ----------------------------------------------------------------------------------------
@@ -748,6 +765,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=",".join(GROUPS), type=parse_only,
                         help="comma-separated groups or step names to run (install always runs); "
                         "groups: " + ", ".join(GROUPS))
+    parser.add_argument("--large-variant", choices=list(VARIANTS),
+                        help="run llama3_8b on this variant instead of the best of this call's "
+                        "llama32_1b runs (for a second call)")
     parser.add_argument("--wheels", type=Path, default=gpu_wheels.DEST,
                         help="folder of carried wheels (default .whl/)")
     args = parser.parse_args(argv)
@@ -764,7 +784,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work)
         parser.error(f"--only: {', '.join(sorted(unknown))} is neither a group ("
                      + ", ".join(GROUPS) + ") nor a step: " + ", ".join(s.name for s in every))
-    steps = build_plan(python, work, args.wheels, args.only)
+    steps = build_plan(python, work, args.wheels, args.only, args.large_variant)
     if args.dry_run:
         problems = dry_run(steps, args.wheels, python)
         shutil.rmtree(work)
@@ -791,7 +811,7 @@ def main(argv: list[str] | None = None) -> int:
                      "bring .whl/ along)")
     campaign.run()
     campaign.say(f"[{campaign.elapsed():6.1f} s] done")
-    hint = rerun_hint(campaign.results)
+    hint = rerun_hint(campaign.results, work / "records")
     if hint:
         campaign.say(hint)
     campaign.write_outputs()

@@ -175,8 +175,11 @@ def fetch(spec: Spec, dest: Path) -> None:
             print(f"  no wheel of {name}=={version} for Python {spec.python}: building its sdist")
             build_pure_wheel(name, version, dest)
     print(f"building {PROJECT} from {ROOT}")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-                    "--wheel-dir", str(dest), str(ROOT)], check=True)
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+                            "--wheel-dir", str(dest), str(ROOT)], capture_output=True, text=True)
+    if build.returncode != 0:  # setuptools' warnings are shown only when the build fails
+        sys.stderr.write(build.stdout + build.stderr)
+        raise SystemExit(f"building {PROJECT}'s wheel failed (exit {build.returncode})")
 
 
 def report(spec: Spec, dest: Path) -> list[str]:

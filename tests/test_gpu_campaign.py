@@ -143,8 +143,8 @@ def test_budget_spent_skips_the_rest_with_a_note(tmp_path: Path) -> None:
     assert [r.status for r in results] == ["ok", "skipped", "skipped", "skipped"]
     log = (tmp_path / "work" / "campaign.log").read_text()
     assert "x: skipped: the budget leaves 0 s" in log
-    assert gc.rerun_hint(results).endswith("--only x,y,report")
-    assert gc.rerun_hint(results[:1]) is None
+    assert gc.rerun_hint(results, tmp_path / "records").endswith("--only x,y,report")
+    assert gc.rerun_hint(results[:1], tmp_path / "records") is None
 
 
 def test_parallel_step_runs_its_commands_at_once(tmp_path: Path) -> None:
@@ -306,6 +306,15 @@ def test_large_run_takes_the_best_variant_and_skips_what_cannot_fit(tmp_path: Pa
     fake_record(work / "records" / "llama32_1b-torch-compile", 0.50)  # torch: no remat, no fit
     reason = gc.large_run(c, PY, work, presets["llama3_8b"], 141)
     assert isinstance(reason, str) and "torch-compile" in reason and "out of memory" in reason
+    [run] = gc.large_run(c, PY, work, presets["llama3_8b"], 141, chosen="jax-cudnn")
+    assert "backend.attention=cudnn" in run.argv
+
+
+def test_rerun_hint_keeps_the_best_variant_for_the_large_run(tmp_path: Path) -> None:
+    fake_record(tmp_path / "records" / "llama32_1b-jax-cudnn", 0.45)
+    skipped = gc.StepResult("llama3_8b-best", "train", "skipped", 0, 0, gc.BUDGET_SKIP + " ...")
+    assert gc.rerun_hint([skipped], tmp_path / "records").endswith(
+        "--only llama3_8b-best,report --large-variant jax-cudnn")
 
 
 def test_dry_run_reports_bad_commands_and_missing_wheels(tmp_path: Path, capsys) -> None:
