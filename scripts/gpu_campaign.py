@@ -545,7 +545,7 @@ def build_plan(python: str, work: Path, wheels: Path, only: set[str],
     small_batch = TRAIN_VARIANTS[0].batch
     for model, batch, seq in ((SMALL["model"], small_batch, SMALL["seq"]),
                               (LARGE["model"], LARGE["batch"], LARGE["seq"])):
-        out = work / "bench" / f"bench_{model}.json"
+        out = work / f"bench_{model}.json"  # the work folder exists; a subfolder might not
         steps.append(Step(f"bench-{model}", "bench",
                           [Command([python, BENCH_KERNELS, "--model", model, "--batch", str(batch),
                                     "--seq", str(seq), "--dtype", "bfloat16", "--out", str(out)])],
