@@ -334,7 +334,7 @@ class Campaign:
             if r["echo"] and r["returncode"] == 0:
                 self.say(log.read_text(errors="replace").rstrip())
             elif r["returncode"] != 0 and log.exists():
-                tail = log.read_text(errors="replace").splitlines()[-15:]
+                tail = log.read_text(errors="replace").splitlines()[-15 if len(ran) == 1 else -6:]
                 self.say("\n".join(f"{'':12}| {line}" for line in tail))
         return StepResult(step.name, step.group, status, round(seconds, 2), round(allowed, 1),
                           step.note, ran)
@@ -428,6 +428,12 @@ def summary_markdown(summary: dict[str, Any], work: Path) -> str:
     lines += ["| step | status | seconds | limit | note |", "|---|---|---|---|---|"]
     lines += [f"| {s['name']} | {s['status']} | {s['seconds']} | {s['limit_s']} | {s['note']} |"
               for s in summary["steps"]]
+    python = c.get("python") or sys.executable
+    bad = [f"- {s['name']}: `{cmd['command'].replace(python, 'python3')}`: "
+           + ("timed out" if cmd["returncode"] is None else f"exit {cmd['returncode']}")
+           for s in summary["steps"] for cmd in s["commands"] if cmd["returncode"] != 0]
+    lines += ["", "Commands that did not succeed (their logs are in campaign.tar.gz):", *bad] \
+        if bad else []
     rows = summary["training"]
     if rows:
         lines += ["", "| variant | model | batch x seq | status | tokens/s | TFLOP/s | MFU "

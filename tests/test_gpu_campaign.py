@@ -71,6 +71,8 @@ def test_failing_step_does_not_stop_the_campaign(tmp_path: Path) -> None:
     results = c.run()
     assert [r.status for r in results] == ["failed", "ok"]
     assert results[0].commands[0]["returncode"] == 3
+    assert "- bad: `python3 -c raise SystemExit(3)`: exit 3" in (
+        tmp_path / "out" / "summary.md").read_text()
     assert "after the failure" in Path(results[1].commands[0]["log"]).read_text()
 
 
