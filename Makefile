@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-all bench browser clean
+.PHONY: setup run test test-all bench browser gpu-wheels gpu-campaign-dry-run clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,15 @@ bench: setup
 # (tests/test_report_html.py); does nothing when chromium is already installed. Needs root.
 browser:
 	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+
+# The GPU campaign (README "Measuring on a GPU"): fetch, for the GPU machine's Python 3.12, the
+# wheels it lacks and build trainbench's own, into .whl/.
+gpu-wheels: setup
+	$(PY) scripts/gpu_wheels.py
+
+# Print the campaign's plan and check that every command it would run parses.
+gpu-campaign-dry-run: setup
+	$(PY) scripts/gpu_campaign.py --dry-run
 
 clean:
 	rm -rf $(VENV) results multirun outputs
