@@ -11,6 +11,8 @@ MODE`), because TRITON_INTERPRET must be decided before triton is first imported
     fullgraph=True and its joint forward+backward graph must launch every kernel of every op
     directly (triton_kernel_wrapper nodes), with no trainbench op left opaque. Running that graph
     needs a GPU; the trace does not.
+  - opcheck (TRITON_INTERPRET=1): torch.library.opcheck on every op (schema, fake
+    implementation against the real one, autograd registration, AOT dispatch).
   - inductor (TRITON_INTERPRET=1, slow): backend.compile=true with every op on Triton trains
     like eager (Inductor's C++ backend, the custom ops called from its code).
 """
@@ -28,6 +30,9 @@ import pytest
 OPS = ("rmsnorm", "rope", "swiglu", "cross_entropy", "attention")
 KERNELS = {"_rmsnorm_fwd", "_rmsnorm_bwd", "_rope", "_swiglu_fwd", "_swiglu_bwd", "_ce_rows",
            "_attn_fwd", "_attn_bwd_delta", "_attn_bwd_dkdv", "_attn_bwd_dq"}
+
+OPCHECKED = {"rmsnorm_fwd", "rmsnorm_bwd", "rope", "swiglu_fwd", "swiglu_bwd",
+             "linear_cross_entropy_fwd", "flash_attention_fwd", "flash_attention_bwd"}
 
 
 def _run(mode: str, interpret: bool) -> dict:
@@ -48,6 +53,13 @@ def test_compiled_model_matches_eager_in_the_interpreter() -> None:
     # the same kernels on the same float32 inputs: aot_eager only reorders host-side calls
     assert result["loss_err"] <= 1e-6 * abs(result["loss"]), result
     assert result["grad_err"] <= 1e-6 * result["grad_scale"], result
+
+
+def test_every_op_passes_opcheck() -> None:
+    result = _run("opcheck", interpret=True)
+    assert set(result) == OPCHECKED, sorted(result)
+    failed = {op: checks for op, checks in result.items() if set(checks.values()) != {"SUCCESS"}}
+    assert not failed, failed
 
 
 def test_compiler_traces_into_every_kernel_without_a_gpu() -> None:
@@ -71,6 +83,7 @@ if __name__ == "__main__":
     import torch
 
     from trainbench import data, model
+    from trainbench import ops as model_ops
     from trainbench.backends.torch import model as torch_model
     from trainbench.backends.torch import ops
 
@@ -166,7 +179,39 @@ if __name__ == "__main__":
                             for s in range(2)]
         return losses
 
-    MODES = {"interpret": interpret, "trace": trace, "inductor": inductor}
+    def opcheck() -> dict:
+        import trainbench.kernels.triton  # noqa: F401  (registers torch.ops.trainbench.*)
+
+        gen = torch.Generator().manual_seed(0)
+
+        def randn(*shape: int, grad: bool = True) -> torch.Tensor:
+            return torch.randn(shape, generator=gen).requires_grad_(grad)
+
+        cos, sin = (torch.from_numpy(t) for t in model_ops.rope_cos_sin(5, 16, 1e4, np.float32))
+        x, w = randn(2, 5, 24), randn(24) + 1.0
+        y, rstd = torch.ops.trainbench.rmsnorm_fwd(x.detach(), w.detach(), 1e-5)
+        q, k, v = randn(1, 5, 4, 16), randn(1, 5, 2, 16), randn(1, 5, 2, 16)
+        o, lse = torch.ops.trainbench.flash_attention_fwd(q.detach(), k.detach(), v.detach(),
+                                                           True, 0.25)
+        a, b = randn(3, 7), randn(3, 7)
+        targets = torch.tensor([1, -100, 6, 0, 2])
+        cases = {
+            "rmsnorm_fwd": (x, w, 1e-5),
+            "rmsnorm_bwd": (randn(2, 5, 24, grad=False), x.detach(), w.detach(), rstd),
+            "rope": (q, k, cos, sin, False),
+            "swiglu_fwd": (a, b),
+            "swiglu_bwd": (randn(3, 7, grad=False), a.detach(), b.detach()),
+            "linear_cross_entropy_fwd": (randn(5, 8), randn(8, 11), targets, 2, -100,
+                                         torch.float32, True, True),
+            "flash_attention_fwd": (q, k, v, True, 0.25),
+            "flash_attention_bwd": (q.detach(), k.detach(), v.detach(), o, lse,
+                                    randn(1, 5, 4, 16, grad=False), True, 0.25),
+        }
+        return {name: {check: str(outcome) for check, outcome in
+                       torch.library.opcheck(getattr(torch.ops.trainbench, name), args).items()}
+                for name, args in cases.items()}
+
+    MODES = {"interpret": interpret, "trace": trace, "opcheck": opcheck, "inductor": inductor}
     torch.manual_seed(0)
     np.random.seed(0)
     print(json.dumps(MODES[sys.argv[1]]()))

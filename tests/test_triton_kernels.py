@@ -191,7 +191,8 @@ if __name__ == "__main__":
             dxq, dxk = grads((yq, yk), (x, k), (dy, dk_out))
             y = tk.rope(x, cos, sin)
             (dx,) = grads(y, (x,), dy)
-            for name, inp, out, dout, got_dx in (("rope", x, y, dy, dx), ("rope_qk q", x, yq, dy, dxq),
+            for name, inp, out, dout, got_dx in (("rope", x, y, dy, dx),
+                                                 ("rope_qk q", x, yq, dy, dxq),
                                                  ("rope_qk k", k, yk, dk_out, dxk)):
                 shape = tuple(inp.shape)
                 ref, cache = ops.rope_fwd(f64(inp), cos_np.astype(np.float64),

@@ -49,6 +49,7 @@ def define_op(name: str, fake: Callable[..., object]) -> Callable[[Callable], Ca
     Compiled Triton uses torch.library.triton_op, so torch.compile sees the kernels themselves
     (Inductor launches them from its own code). The interpreter's kernels cannot be traced with
     fake tensors, so there the op is a torch.library.custom_op that torch.compile keeps opaque.
+    Both trace with `fake`: outputs of fn's shapes, dtypes and (contiguous) strides, no data.
     """
     define = torch.library.custom_op if INTERPRETING else torch.library.triton_op
 

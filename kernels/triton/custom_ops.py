@@ -18,7 +18,7 @@ from trainbench.kernels.triton._common import autocast_dtype, check_runnable, de
 def _fwd_fake(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float
               ) -> tuple[torch.Tensor, torch.Tensor]:
     B, T, Hq, _ = q.shape
-    return torch.empty_like(q), q.new_empty(B, Hq, T, dtype=torch.float32)
+    return q.new_empty(q.shape), q.new_empty(B, Hq, T, dtype=torch.float32)
 
 
 @define_op("flash_attention_fwd", _fwd_fake)
@@ -30,7 +30,7 @@ def _fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale:
 def _bwd_fake(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
               lse: torch.Tensor, do: torch.Tensor, causal: bool, scale: float
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 @define_op("flash_attention_bwd", _bwd_fake)

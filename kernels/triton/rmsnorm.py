@@ -74,7 +74,7 @@ def launch_config(D: int) -> dict[str, int]:
 def _fwd_fake(x: torch.Tensor, weight: torch.Tensor, eps: float
               ) -> tuple[torch.Tensor, torch.Tensor]:
     rows = x.numel() // x.shape[-1]
-    return torch.empty_like(x), x.new_empty(rows, dtype=torch.float32)
+    return x.new_empty(x.shape), x.new_empty(rows, dtype=torch.float32)
 
 
 @define_op("rmsnorm_fwd", _fwd_fake)
@@ -92,7 +92,7 @@ def _fwd(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tenso
 
 def _bwd_fake(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor
               ) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.empty_like(x), torch.empty_like(weight)
+    return x.new_empty(x.shape), weight.new_empty(weight.shape)
 
 
 @define_op("rmsnorm_bwd", _bwd_fake)

@@ -65,7 +65,7 @@ def _fwd(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
 
 def _bwd_fake(dout: torch.Tensor, gate: torch.Tensor, up: torch.Tensor
               ) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.empty_like(gate), torch.empty_like(up)
+    return gate.new_empty(gate.shape), up.new_empty(up.shape)
 
 
 @define_op("swiglu_bwd", _bwd_fake)
