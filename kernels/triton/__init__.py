@@ -1,8 +1,9 @@
 """trainbench's Triton training kernels, each a torch custom op ("trainbench::...") with its
 autograd formula, behind a plain function that checks its inputs.
 
-Every op has a forward and a backward Triton kernel and follows the signatures of
-trainbench.backends.torch.ops, so it can replace the PyTorch-native op one at a time:
+Every op has a forward and a backward Triton kernel; all but `rope` (one tensor, kept for
+benchmarks) follow the signatures of trainbench.backends.torch.ops, so each can replace the
+PyTorch-native op one at a time:
 
     rmsnorm(x, weight, eps)                      RMSNorm with float32 statistics
     rope(x, cos, sin)                            rotary embedding, Hugging Face half-split layout
