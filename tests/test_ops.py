@@ -95,6 +95,13 @@ def _cross_entropy(rng: np.random.Generator, dtype: type) -> tuple:
             [(3.0 * rng.standard_normal((9, 11))).astype(dtype)])
 
 
+def _cross_entropy_ignore(rng: np.random.Generator, dtype: type) -> tuple:
+    targets = rng.integers(0, 11, 9)
+    targets[[1, 4, 5]] = -100  # ignored rows: no loss, no gradient, not in the mean
+    return (lambda logits: ops.cross_entropy_fwd(logits, targets), ops.cross_entropy_bwd,
+            [(3.0 * rng.standard_normal((9, 11))).astype(dtype)])
+
+
 CASES = {
     "embedding": _embedding,
     "rmsnorm": _rmsnorm,
@@ -105,6 +112,7 @@ CASES = {
     "swiglu": _swiglu,
     "linear": _linear,
     "cross_entropy": _cross_entropy,
+    "cross_entropy_ignore_index": _cross_entropy_ignore,
 }
 
 
@@ -252,3 +260,19 @@ def test_cross_entropy_forward_matches_direct_formula() -> None:
     with np.errstate(over="raise", invalid="raise", divide="raise"):
         shifted, _ = ops.cross_entropy_fwd(logits + 1e4, targets)  # exp(1e4) would overflow
     assert shifted == pytest.approx(loss, rel=1e-9)
+
+
+def test_cross_entropy_ignores_rows_as_torch_does() -> None:
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((6, 10))
+    targets = np.array([-100, 2, 5, -100, 0, 9])
+    kept = np.array([1, 2, 4, 5])
+    loss, cache = ops.cross_entropy_fwd(logits, targets)
+    alone, alone_cache = ops.cross_entropy_fwd(logits[kept], targets[kept])
+    assert loss == pytest.approx(alone, rel=1e-13)  # the mean is over the rows kept
+    (dlogits,) = ops.cross_entropy_bwd(1.0, cache)
+    assert not dlogits[[0, 3]].any()
+    np.testing.assert_allclose(dlogits[kept], ops.cross_entropy_bwd(1.0, alone_cache)[0],
+                               rtol=1e-13)
+    other, _ = ops.cross_entropy_fwd(logits, np.where(targets < 0, 7, targets), ignore_index=7)
+    assert other == pytest.approx(alone, rel=1e-13)

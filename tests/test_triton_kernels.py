@@ -178,26 +178,35 @@ if __name__ == "__main__":
             compare(f"rmsnorm{shape} dw", dw, rdw, nat_dw)
 
     def check_rope(c: Case, size: str) -> None:
-        # D=12: half 6 is not a power of two; [2, 37, 4, 64] is 296 rows in 3 ragged programs
-        shapes = {"small": [(2, 37, 4, 64), (1, 5, 3, 12)],
-                  "large": [(2, 513, 8, 128), (3, 100, 2, 64)]}
-        for B, T, H, D in shapes[size]:
-            x = c.randn(B, T, H, D)
+        # D=12: half 6 is not a power of two; 3 and 5 heads are not powers of two either. Each
+        # shape runs rope(x) alone and rope_qk(q, k) with Hq=H query and Hk key heads at once.
+        shapes = {"small": [(2, 37, 4, 2, 64), (1, 5, 3, 1, 12)],
+                  "large": [(2, 513, 8, 2, 128), (3, 100, 2, 5, 64)]}
+        for B, T, H, Hk, D in shapes[size]:
             cos_np, sin_np = ops.rope_cos_sin(T, D, 10000.0, np.float32)
             cos, sin = (torch.from_numpy(t).to(c.device) for t in (cos_np, sin_np))
+            x, k = c.randn(B, T, H, D), c.randn(B, T, Hk, D)
+            dy, dk_out = c.randn(B, T, H, D, grad=False), c.randn(B, T, Hk, D, grad=False)
+            yq, yk = tk.rope_qk(x, k, cos, sin)
+            dxq, dxk = grads((yq, yk), (x, k), (dy, dk_out))
             y = tk.rope(x, cos, sin)
-            dy = c.randn(B, T, H, D, grad=False)
             (dx,) = grads(y, (x,), dy)
-            ref, cache = ops.rope_fwd(f64(x), cos_np.astype(np.float64), sin_np.astype(np.float64))
-            (rdx,) = ops.rope_bwd(f64(dy), cache)
-            nat = nat_dx = None
-            if c.dtype != torch.float32:  # Hugging Face's formula, tables cast to x's dtype
-                cos_n, sin_n = cos.to(c.dtype)[:, None], sin.to(c.dtype)[:, None]
-                nat = x * cos_n + torch.cat((-x[..., D // 2:], x[..., :D // 2]), -1) * sin_n
-                (nat_dx,) = grads(nat, (x,), dy)
-            assert y.dtype == dx.dtype == x.dtype
-            compare(f"rope{(B, T, H, D)} y", y, ref, nat)
-            compare(f"rope{(B, T, H, D)} dx", dx, rdx, nat_dx)
+            for name, inp, out, dout, got_dx in (("rope", x, y, dy, dx),
+                                                 ("rope_qk q", x, yq, dy, dxq),
+                                                 ("rope_qk k", k, yk, dk_out, dxk)):
+                shape = tuple(inp.shape)
+                ref, cache = ops.rope_fwd(f64(inp), cos_np.astype(np.float64),
+                                          sin_np.astype(np.float64))
+                (rdx,) = ops.rope_bwd(f64(dout), cache)
+                nat = nat_dx = None
+                if c.dtype != torch.float32:  # Hugging Face's formula, tables cast to x's dtype
+                    cos_n, sin_n = cos.to(c.dtype)[:, None], sin.to(c.dtype)[:, None]
+                    half = shape[-1] // 2
+                    nat = inp * cos_n + torch.cat((-inp[..., half:], inp[..., :half]), -1) * sin_n
+                    (nat_dx,) = grads(nat, (inp,), dout)
+                assert out.dtype == got_dx.dtype == inp.dtype
+                compare(f"{name}{shape} y", out, ref, nat)
+                compare(f"{name}{shape} dx", got_dx, rdx, nat_dx)
 
     def check_swiglu(c: Case, size: str) -> None:
         # 1665 elements: two blocks of 1024, the second ragged
@@ -220,7 +229,8 @@ if __name__ == "__main__":
 
     def check_linear_cross_entropy(c: Case, size: str) -> None:
         # (N, d, V, chunk_rows, tied): 45 rows in chunks of 16 (the last ragged); V=5000 spans
-        # two 4096-wide blocks of the row loop; tied = weight is embed.T, a non-contiguous view
+        # two 4096-wide blocks of the row loop; tied = weight is embed.T, a non-contiguous view.
+        # Every third target of the untied shapes is ignore_index (-100).
         shapes = {"small": [(45, 32, 300, 16, False), (20, 16, 5000, None, True)],
                   "large": [(1030, 128, 8192, 256, False), (300, 64, 32000, None, True)]}
         for N, d, V, chunk, tied in shapes[size]:
@@ -230,7 +240,10 @@ if __name__ == "__main__":
                 w = embed.T
             else:
                 w = embed = c.randn(d, V, std=d ** -0.5)
-            targets = torch.randint(0, V, (N,), generator=c.gen).to(c.device)
+            targets = torch.randint(0, V, (N,), generator=c.gen)
+            if not tied:
+                targets[::3] = -100
+            targets = targets.to(c.device)
             loss = tk.linear_cross_entropy(x, w, targets, chunk_rows=chunk)
             dx, dembed = grads(loss, (x, embed), torch.tensor(1.5, device=c.device))
             logits, lin_cache = ops.linear_fwd(f64(x), f64(w))
@@ -246,12 +259,32 @@ if __name__ == "__main__":
             compare(f"{name} loss", loss, np.asarray(ref), nat)
             compare(f"{name} dx", dx, rdx, nat_dx)
             compare(f"{name} dweight", dembed, rdembed, nat_dembed)
+            if not tied:
+                assert not f64(dx)[::3].any(), f"{name}: ignored rows got a gradient"
             with torch.no_grad():  # the forward-only path computes no gradient
                 compare(f"{name} no_grad loss",
                         tk.linear_cross_entropy(x, w, targets, chunk_rows=chunk),
                         np.asarray(ref), nat)
         if c.dtype != torch.float32:
             check_autocast(c, "linear_cross_entropy")
+            check_dweight_accumulates_in_float32(c)
+
+    def check_dweight_accumulates_in_float32(c: Case) -> None:
+        """Under autocast with a float32 weight, dW is summed over the chunks in float32, so one
+        row per chunk and all rows in one chunk agree to float32 rounding. A 16-bit partial per
+        chunk would be rounded 64 times (2**-9 each) instead of once at the end."""
+        f32 = Case(torch.float32, c.device, int(torch.randint(2**31, (1,), generator=c.gen)))
+        x, w = f32.randn(64, 32), f32.randn(32, 300, std=32 ** -0.5)
+        targets = torch.randint(0, 300, (64,), generator=c.gen).to(c.device)
+        dws = []
+        for chunk in (1, 64):
+            with torch.autocast(c.device, dtype=c.dtype):
+                loss = tk.linear_cross_entropy(x, w, targets, chunk_rows=chunk)
+            dws.append(f64(grads(loss, (w,), torch.ones_like(loss))[0]))
+        err, scale = np.abs(dws[0] - dws[1]).max(), np.abs(dws[1]).max()
+        print(f"dweight, chunks of 1 vs 64 rows: max diff {err:.3g}, max|dW| {scale:.3g}")
+        assert err <= 1e-5 * scale, (f"dweight depends on the chunking: {err:.3g} > 1e-5 x "
+                                     f"{scale:.3g}; it is not accumulated in float32")
 
     def check_autocast(c: Case, op: str) -> None:
         """float32 inputs under autocast run in autocast's dtype, as the native op does, and

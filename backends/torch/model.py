@@ -56,9 +56,8 @@ class Block(nn.Module):
 
     def attention(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
-        rope = self.ops["rope"]
-        q = rope(self.wq(x).view(B, T, self.n_heads, self.head_dim), cos, sin)
-        k = rope(self.wk(x).view(B, T, self.n_kv_heads, self.head_dim), cos, sin)
+        q, k = self.ops["rope"](self.wq(x).view(B, T, self.n_heads, self.head_dim),
+                                self.wk(x).view(B, T, self.n_kv_heads, self.head_dim), cos, sin)
         v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
         o = self.ops["attention"](q, k, v)  # (B, T, Hq, D)
         return self.wo(o.reshape(B, T, self.n_heads * self.head_dim))

@@ -6,7 +6,8 @@ its own kernels with `register` (the Neuron backend registers its NKI ops this w
 them with the same per-op config fields. Signatures (B batch, T sequence, H heads, D head_dim):
 
     rmsnorm(x [..., d], weight [d], eps: float) -> [..., d]
-    rope(x [B, T, H, D], cos [T, D], sin [T, D]) -> [B, T, H, D]      (Hugging Face rotate_half)
+    rope(q [B, T, Hq, D], k [B, T, Hkv, D], cos [T, D], sin [T, D]) -> (q, k) rotated
+                                                                       (Hugging Face rotate_half)
     swiglu(gate [..., f], up [..., f]) -> silu(gate) * up
     cross_entropy(x [N, d], head [d, V], targets [N] int64) -> mean loss   (LM head + CE)
     attention(q [B, T, Hq, D], k [B, T, Hkv, D], v [B, T, Hkv, D]) -> [B, T, Hq, D]   (causal, GQA)
@@ -26,7 +27,7 @@ _TRITON = "trainbench.kernels.triton"
 
 OPS: dict[str, dict[str, Impl]] = {
     "rmsnorm": {"native": f"{_NATIVE}:rmsnorm", "triton": f"{_TRITON}:rmsnorm"},
-    "rope": {"native": f"{_NATIVE}:rope", "triton": f"{_TRITON}:rope"},
+    "rope": {"native": f"{_NATIVE}:rope_qk", "triton": f"{_TRITON}:rope_qk"},
     "swiglu": {"native": f"{_NATIVE}:swiglu", "triton": f"{_TRITON}:swiglu"},
     "cross_entropy": {"native": f"{_NATIVE}:cross_entropy",
                       "triton": f"{_TRITON}:linear_cross_entropy"},

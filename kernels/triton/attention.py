@@ -23,13 +23,12 @@ match the float32 reference; 16-bit inputs use tensor-core products with float32
 
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
-from trainbench.kernels.triton._common import INTERPRETING, autocast_dtype, check_runnable
+from trainbench.kernels.triton._common import INTERPRETING
 
 HEAD_DIMS = (16, 32, 64, 128)
 _LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x * log2(e))
@@ -201,70 +200,42 @@ def _dot_meta(dtype: torch.dtype) -> dict[str, object]:
             "UPCAST": INTERPRETING and dtype != torch.float32}
 
 
-class _FlashAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
-                scale: float) -> torch.Tensor:
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        B, T, Hq, D = q.shape
-        Hkv = k.shape[2]
-        cfg = _config(D, q.dtype)
-        o = torch.empty_like(q)
-        lse = torch.empty(B, Hq, T, device=q.device, dtype=torch.float32)
-        grid = (triton.cdiv(T, cfg["fwd_m"]), B * Hq)
-        _attn_fwd[grid](q, k, v, o, lse, T, Hq, Hq // Hkv, scale * _LOG2E,
-                        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1),
-                        k.stride(2), CAUSAL=causal, BLOCK_M=cfg["fwd_m"], BLOCK_N=cfg["fwd_n"],
-                        HEAD_DIM=D, **_dot_meta(q.dtype), num_warps=cfg["num_warps"])
-        ctx.save_for_backward(q, k, v, o, lse)
-        ctx.causal, ctx.scale = causal, scale
-        return o
-
-    @staticmethod
-    def backward(ctx, do: torch.Tensor):
-        q, k, v, o, lse = ctx.saved_tensors
-        do = do.contiguous()
-        B, T, Hq, D = q.shape
-        Hkv = k.shape[2]
-        cfg = _config(D, q.dtype)
-        strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2))
-        meta = dict(CAUSAL=ctx.causal, BLOCK_M=cfg["bwd_m"], BLOCK_N=cfg["bwd_n"], HEAD_DIM=D,
-                    **_dot_meta(q.dtype), num_warps=cfg["num_warps"])
-        delta = torch.empty_like(lse)
-        _attn_bwd_delta[(triton.cdiv(T, cfg["bwd_m"]), B * Hq)](
-            o, do, delta, T, Hq, *strides[:3], BLOCK_M=cfg["bwd_m"], HEAD_DIM=D)
-        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        qk_scale = ctx.scale * _LOG2E
-        _attn_bwd_dkdv[(triton.cdiv(T, cfg["bwd_n"]), B * Hkv)](
-            q, k, v, do, lse, delta, dk, dv, T, Hq, Hkv, Hq // Hkv, ctx.scale, qk_scale,
-            *strides, **meta)
-        _attn_bwd_dq[(triton.cdiv(T, cfg["bwd_m"]), B * Hq)](
-            q, k, v, do, lse, delta, dq, T, Hq, Hq // Hkv, ctx.scale, qk_scale, *strides, **meta)
-        return dq, dk, dv, None, None
+def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch the forward: o [B, T, Hq, D] and lse2 [B, Hq, T] (float32) for the backward."""
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    B, T, Hq, D = q.shape
+    Hkv = k.shape[2]
+    cfg = _config(D, q.dtype)
+    o = torch.empty_like(q)
+    lse = torch.empty(B, Hq, T, device=q.device, dtype=torch.float32)
+    grid = (triton.cdiv(T, cfg["fwd_m"]), B * Hq)
+    wrap_triton(_attn_fwd)[grid](q, k, v, o, lse, T, Hq, Hq // Hkv, scale * _LOG2E,
+                                 q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1),
+                                 k.stride(2), CAUSAL=causal, BLOCK_M=cfg["fwd_m"],
+                                 BLOCK_N=cfg["fwd_n"], HEAD_DIM=D, **_dot_meta(q.dtype),
+                                 num_warps=cfg["num_warps"])
+    return o, lse
 
 
-def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True,
-                    scale: float | None = None) -> torch.Tensor:
-    """softmax(q k^T * scale) v with grouped-query heads; [B, T, H, D] in and out.
-
-    `scale` defaults to 1/sqrt(D). Under autocast the inputs are cast to autocast's dtype, as
-    scaled_dot_product_attention's are.
-    """
-    check_runnable("flash_attention", q, k, v)
-    if (q.ndim != 4 or k.ndim != 4 or k.shape != v.shape
-            or (q.shape[0], q.shape[1], q.shape[3]) != (k.shape[0], k.shape[1], k.shape[3])):
-        raise ValueError(f"flash_attention: q {tuple(q.shape)}, k {tuple(k.shape)}, v "
-                         f"{tuple(v.shape)} must be [B, T, Hq, D], [B, T, Hkv, D], [B, T, Hkv, D]")
-    Hq, Hkv, D = q.shape[2], k.shape[2], q.shape[3]
-    if Hq % Hkv:
-        raise ValueError(f"flash_attention: Hkv={Hkv} kv heads must divide Hq={Hq} query heads")
-    if D not in HEAD_DIMS:
-        raise ValueError(f"flash_attention: head dim D={D} is not supported; supported: "
-                         + ", ".join(map(str, HEAD_DIMS)))
-    dtype = autocast_dtype(q.device)
-    if dtype is not None:
-        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-    if not q.dtype == k.dtype == v.dtype:
-        raise ValueError(f"flash_attention: q, k, v dtypes {q.dtype}, {k.dtype}, {v.dtype} "
-                         "must be equal")
-    return _FlashAttention.apply(q, k, v, causal, 1.0 / math.sqrt(D) if scale is None else scale)
+def backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
+             lse: torch.Tensor, do: torch.Tensor, causal: bool, scale: float
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Launch the backward kernels: dq, dk, dv."""
+    q, k, v, o, do = q.contiguous(), k.contiguous(), v.contiguous(), o.contiguous(), do.contiguous()
+    B, T, Hq, D = q.shape
+    Hkv = k.shape[2]
+    cfg = _config(D, q.dtype)
+    strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2))
+    meta = dict(CAUSAL=causal, BLOCK_M=cfg["bwd_m"], BLOCK_N=cfg["bwd_n"], HEAD_DIM=D,
+                **_dot_meta(q.dtype), num_warps=cfg["num_warps"])
+    delta = torch.empty_like(lse)
+    wrap_triton(_attn_bwd_delta)[(triton.cdiv(T, cfg["bwd_m"]), B * Hq)](
+        o, do, delta, T, Hq, *strides[:3], BLOCK_M=cfg["bwd_m"], HEAD_DIM=D)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    qk_scale = scale * _LOG2E
+    wrap_triton(_attn_bwd_dkdv)[(triton.cdiv(T, cfg["bwd_n"]), B * Hkv)](
+        q, k, v, do, lse, delta, dk, dv, T, Hq, Hkv, Hq // Hkv, scale, qk_scale, *strides, **meta)
+    wrap_triton(_attn_bwd_dq)[(triton.cdiv(T, cfg["bwd_m"]), B * Hq)](
+        q, k, v, do, lse, delta, dq, T, Hq, Hq // Hkv, scale, qk_scale, *strides, **meta)
+    return dq, dk, dv

@@ -157,20 +157,25 @@ def linear_bwd(dout: np.ndarray, cache: Cache) -> tuple[np.ndarray, np.ndarray]:
 
 # --- softmax cross-entropy -----------------------------------------------------------------------
 
-def cross_entropy_fwd(logits: np.ndarray, targets: np.ndarray) -> tuple[float, Cache]:
-    """Mean over N of -log softmax(logits)[target]: logits [N, V], integer targets [N]."""
+def cross_entropy_fwd(logits: np.ndarray, targets: np.ndarray,
+                      ignore_index: int = -100) -> tuple[float, Cache]:
+    """Mean of -log softmax(logits)[target] over the rows whose target is not `ignore_index`:
+    logits [N, V], integer targets [N] (torch.nn.functional.cross_entropy's convention)."""
     N = logits.shape[0]
+    keep = targets != ignore_index  # (N,)
+    picked = np.where(keep, targets, 0)  # any valid column for ignored rows; masked below
     z = logits - logits.max(axis=-1, keepdims=True)  # stable log-sum-exp: exp(z) <= 1
     lse = np.log(np.sum(np.exp(z), axis=-1, keepdims=True))  # (N, 1)
     logp = z - lse  # (N, V)
-    loss = -np.mean(logp[np.arange(N), targets])
-    return float(loss), (np.exp(logp), targets)
+    n = int(keep.sum())
+    loss = -np.sum(np.where(keep, logp[np.arange(N), picked], 0.0)) / n
+    return float(loss), (np.exp(logp), picked, keep, n)
 
 
 def cross_entropy_bwd(dloss: float, cache: Cache) -> tuple[np.ndarray]:
-    probs, targets = cache
+    probs, picked, keep, n = cache
     N = probs.shape[0]
     dlogits = probs.copy()
-    dlogits[np.arange(N), targets] -= 1.0  # softmax - onehot
-    dlogits *= dloss / N
+    dlogits[np.arange(N), picked] -= 1.0  # softmax - onehot
+    dlogits *= np.where(keep, dloss / n, 0.0)[:, None].astype(probs.dtype)  # ignored rows: 0
     return (dlogits,)
