@@ -34,6 +34,7 @@ TINY = model.preset("tiny")  # n_heads 4, n_kv_heads 2, d_ff 176, vocab 256, d_m
     (2, 16, 4, "ddp", {}, "backend.parallel=ddp cannot be combined with backend.tensor_parallel=2"),
     (2, 16, 2, "ddp", {"rmsnorm": "triton"}, "backend.rmsnorm=triton cannot run under"),
     (2, 16, 2, "ddp", {"cross_entropy": "triton"}, "backend.cross_entropy=triton cannot run"),
+    (2, 16, 2, "ddp", {"rmsnorm": "nki"}, "backend.rmsnorm=nki cannot run under"),
     (0, 16, 1, "ddp", {}, "backend.tensor_parallel=0 must be a positive integer"),
 ])
 def test_bad_tensor_parallel_sizes_are_refused(tp, seq, world, parallel, ops, message):
@@ -64,6 +65,13 @@ def test_the_runner_refuses_before_any_work(monkeypatch):
         runner.prepare(cfg, "tiny")
 
 
+def test_the_cli_refuses_with_one_line_and_exit_code_2(cli):
+    proc = cli("backend=torch", "backend.tensor_parallel=3", "model=tiny")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "trainbench: error: backend.tensor_parallel=3 does not divide model.n_heads=4"], proc.stderr
+
+
 @pytest.mark.parametrize("parallel, tp, world, mesh", [
     ("ddp", 1, 1, {"dp": 1, "fsdp": 1, "tp": 1}),
     ("ddp", 1, 4, {"dp": 4, "fsdp": 1, "tp": 1}),
@@ -91,14 +99,17 @@ def _one_process(precision: str = "fp32") -> dict:
                              total_steps=STEPS))
 
 
-def _torchrun(nproc: int, parallel: str, tp: int, precision: str, tmp_path) -> dict:
+def _torchrun(nproc: int, parallel: str, tp: int, precision: str, tmp_path,
+              kernels: str = "native") -> dict:
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     env["OMP_NUM_THREADS"] = "1"  # the ranks share the test machine's cores
+    if kernels == "triton":
+        env["TRITON_INTERPRET"] = "1"  # Triton on the CPU: its interpreter
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                            "--nproc_per_node", str(nproc), __file__, parallel, str(tp),
-                           precision], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
+                           precision, kernels], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     [line] = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     return json.loads(line)
@@ -124,6 +135,7 @@ def _assert_fp32_match(run: dict, one: dict) -> None:
 def test_tensor_parallel_2_matches_one_process(tmp_path):
     run = _torchrun(2, "ddp", 2, "fp32", tmp_path)
     assert run["mesh"] == {"dp": 1, "fsdp": 1, "tp": 2}
+    assert run["count"] == 2  # MFU divides by every device of the mesh
     # each rank holds half the query heads of wq ([q_dim, d] as nn.Linear stores it) and half
     # of the vocabulary of the embedding
     assert run["local_shapes"]["layers.0.wq"] == [32, 64]
@@ -135,8 +147,18 @@ def test_tensor_parallel_2_matches_one_process(tmp_path):
 def test_fsdp_2_by_tensor_parallel_2_matches_one_process(tmp_path):
     run = _torchrun(4, "fsdp", 2, "fp32", tmp_path)
     assert run["mesh"] == {"dp": 1, "fsdp": 2, "tp": 2}
+    assert run["count"] == 4
     # wq [64, 64]: split over tp on the heads (32 rows), then over fsdp (16 rows)
     assert run["local_shapes"]["layers.0.wq"] == [16, 64]
+    _assert_fp32_match(run, _one_process())
+
+
+@pytest.mark.slow
+def test_triton_kernels_run_on_the_local_heads(tmp_path):
+    pytest.importorskip("triton")
+    run = _torchrun(2, "ddp", 2, "fp32", tmp_path, kernels="triton")
+    assert run["ops"] == {"rmsnorm": "native", "cross_entropy": "native", "rope": "triton",
+                          "swiglu": "triton", "attention": "triton"}
     _assert_fp32_match(run, _one_process())
 
 
@@ -155,10 +177,11 @@ def test_fsdp_bf16_mixed_precision_tracks_fp32(tp, nproc, tmp_path):
     assert _rel(run["grads"], one["grads"]) <= 2e-2
 
 
-def _rank_main(parallel: str, tp: int, precision: str) -> None:
+def _rank_main(parallel: str, tp: int, precision: str, kernels: str) -> None:
     import torch.distributed as dist
 
-    backend = TorchBackend(TorchConfig(parallel=parallel, tensor_parallel=tp), TINY,
+    on_shards = {op: kernels for op in ("rope", "swiglu", "attention")}
+    backend = TorchBackend(TorchConfig(parallel=parallel, tensor_parallel=tp, **on_shards), TINY,
                            PRECISIONS[precision], OptimConfig(), total_steps=STEPS)
     result = _run(backend)
     names = {name.removesuffix(".weight"): p for name, p in backend.model.named_parameters()}
@@ -168,7 +191,9 @@ def _rank_main(parallel: str, tp: int, precision: str) -> None:
     if backend.rank == 0:
         out = {key: ({k: v.tolist() for k, v in value.items()} if isinstance(value, dict)
                      else value) for key, value in result.items()}
-        out.update(mesh=backend.device().extra["mesh"], local_shapes=local,
+        device = backend.device()
+        out.update(mesh=device.extra["mesh"], count=device.count, local_shapes=local,
+                   ops=backend.backend_cfg.op_choices(),
                    fsdp_param_dtype=str(policy.param_dtype) if policy else None,
                    master_dtypes=sorted({str(p.dtype) for p in names.values()}))
         print(json.dumps(out))
@@ -176,4 +201,4 @@ def _rank_main(parallel: str, tp: int, precision: str) -> None:
 
 
 if __name__ == "__main__":
-    _rank_main(sys.argv[1], int(sys.argv[2]), sys.argv[3])
+    _rank_main(sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4])

@@ -31,9 +31,9 @@ MESH_DIMS = ("dp_shard", "tp")
 
 TP_OPS = {"rmsnorm": False, "cross_entropy": False, "rope": True, "swiglu": True,
           "attention": True}
-"""Whether a Triton kernel of the op can run under TP: rope, swiglu and attention receive local
-shards (plain tensors); the sequence-parallel norms and the vocab-parallel loss receive DTensors,
-which a Triton kernel cannot take."""
+"""Whether a kernel (any choice but native: Triton, NKI) of the op can run under TP: rope,
+swiglu and attention receive local shards (plain tensors); the sequence-parallel norms and the
+vocab-parallel loss receive DTensors, which a kernel cannot take."""
 
 
 def check_tensor_parallel(tp: int, cfg: ModelConfig, seq_len: int, world: int, parallel: str,
@@ -55,9 +55,9 @@ def check_tensor_parallel(tp: int, cfg: ModelConfig, seq_len: int, world: int, p
                           f"backend.tensor_parallel={tp} over {world} processes: the data axis "
                           "of a 2-D mesh is FSDP (backend.parallel=fsdp)")
     for op, choice in ops.items():
-        if choice == "triton" and not TP_OPS.get(op, False):
-            raise ConfigError(f"backend.{op}=triton cannot run under backend.tensor_parallel={tp}: "
-                              f"the {op} kernel would receive a sharded DTensor; use "
+        if choice != "native" and not TP_OPS.get(op, False):
+            raise ConfigError(f"backend.{op}={choice} cannot run under backend.tensor_parallel="
+                              f"{tp}: the {op} kernel would receive a sharded DTensor; use "
                               f"backend.{op}=native")
 
 
