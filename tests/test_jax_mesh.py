@@ -45,10 +45,11 @@ def test_mesh_sizes_are_checked_against_the_devices():
     import jax
 
     devices = jax.devices()[:1]
-    assert mesh.mesh_sizes(mesh.make_mesh(-1, 1, 1, devices)) == {"dp": 1, "fsdp": 1, "tp": 1}
+    one = mesh.make_mesh(-1, 1, tensor=1, devices=devices)
+    assert mesh.mesh_sizes(one) == {"dp": 1, "fsdp": 1, "tp": 1}
     with pytest.raises(ConfigError, match="backend.tensor_parallel=2 must be between 1 and the "
                                           "device count 1"):
-        mesh.make_mesh(-1, 1, 2, devices)
+        mesh.make_mesh(-1, 1, tensor=2, devices=devices)
 
 
 def test_tensor_parallel_that_does_not_divide_the_model_is_refused_before_work():

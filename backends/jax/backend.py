@@ -124,7 +124,7 @@ class JaxBackend(Backend):
 
         c = self.backend_cfg
         mesh.initialize_distributed(c.distributed)
-        self.mesh = mesh.make_mesh(c.data_parallel, c.fsdp, c.tensor_parallel)
+        self.mesh = mesh.make_mesh(c.data_parallel, c.fsdp, tensor=c.tensor_parallel)
         first = self.mesh.devices.flat[0]
         self.device_kind = first.device_kind
         self.platform, self.device_name, self.hardware_entry = describe_device(

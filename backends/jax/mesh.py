@@ -84,11 +84,12 @@ def initialize_distributed(mode: str, environ: Mapping[str, str] = os.environ) -
     return True
 
 
-def make_mesh(data: int, fsdp: int, tensor: int = 1,
+def make_mesh(data: int, fsdp: int, *, tensor: int = 1,
               devices: Sequence[Any] | None = None) -> Mesh:
-    """A (data, fsdp, tensor) mesh over `devices` (default: jax.devices()); data=-1 takes every
-    device fsdp x tensor leave. Single-process runs may use the first data*fsdp*tensor devices;
-    multi-process runs must use all of them."""
+    """A (data, fsdp, tensor) mesh over `devices` (default: jax.devices(); abstract devices
+    build a mesh for ahead-of-time compilation); data=-1 takes every device fsdp x tensor leave.
+    Single-process runs may use the first data*fsdp*tensor devices; multi-process runs must use
+    all of them."""
     devices = list(jax.devices() if devices is None else devices)
     total = len(devices)
     if tensor < 1 or tensor > total:

@@ -36,7 +36,7 @@ AttentionFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 _zeros = nn.initializers.zeros_init()
 
 RESIDUAL = ("act_batch", "act_length", "act_embed")
-"""The residual stream between blocks [B, T, d]: split over the sequence under tensor parallelism."""
+"""The residual stream between blocks [B, T, d]: split over the sequence under TP."""
 GATHERED = ("act_batch", None, "act_embed")
 """A norm's output [B, T, d], whole sequence, as the column-parallel projections read it."""
 

@@ -151,7 +151,8 @@ class NeuronBackend(TorchBackend):
         # The EC2 instance type (e.g. trn2.48xlarge) names the chip in the hardware table.
         product = Path("/sys/devices/virtual/dmi/id/product_name")
         name = product.read_text().strip() if product.exists() else "neuron"
-        return DeviceInfo(name, "neuron", self.world, {"parallel": self.backend_cfg.parallel})
+        return DeviceInfo(name, "neuron", self.world, {"parallel": self.backend_cfg.parallel,
+                                                       "mesh": self.backend_cfg.mesh(self.world)})
 
     def synchronize(self) -> None:
         import torch
