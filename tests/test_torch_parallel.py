@@ -154,6 +154,29 @@ def test_fsdp_2_by_tensor_parallel_2_matches_one_process(tmp_path):
 
 
 @pytest.mark.slow
+def test_torchrun_cli_records_the_mesh_and_divides_mfu_by_every_rank(tmp_path):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = "1"
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", "2", "-m", "trainbench", "backend=torch",
+                           "backend.tensor_parallel=2", "experiment=cpu_smoke",
+                           f"results_dir={out}"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    [path] = out.glob("*.json")  # rank 0 writes the record
+    record = json.loads(path.read_text())
+    assert record["status"] == "ok", record.get("cause")
+    assert record["device"]["mesh"] == {"dp": 1, "fsdp": 1, "tp": 2}
+    assert record["device"]["count"] == 2
+    m = record["metrics"]
+    per_device = record["flops"]["per_step"] / m["step_time_s"]["median"] / 2
+    assert m["model_tflops_per_device"] == pytest.approx(per_device / 1e12, rel=1e-9)
+    assert m["mfu"] == pytest.approx(per_device / record["peak"]["flops_per_s"], rel=1e-9)
+
+
+@pytest.mark.slow
 def test_triton_kernels_run_on_the_local_heads(tmp_path):
     pytest.importorskip("triton")
     run = _torchrun(2, "ddp", 2, "fp32", tmp_path, kernels="triton")
