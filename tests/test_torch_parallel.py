@@ -51,6 +51,13 @@ def test_d_ff_and_vocab_must_divide():
         check_tensor_parallel(2, dataclasses.replace(TINY, vocab=255), 16, 2, "ddp", {})
 
 
+def test_compile_under_tensor_parallelism_is_refused():
+    with pytest.raises(ConfigError, match="backend.compile=true with backend.tensor_parallel=2 "
+                                          "is not supported yet"):
+        check_tensor_parallel(2, TINY, 16, 2, "ddp", {}, compile=True)
+    check_tensor_parallel(1, TINY, 16, 2, "ddp", {}, compile=True)
+
+
 def test_triton_ops_on_local_shards_are_allowed():
     check_tensor_parallel(2, TINY, 16, 2, "ddp",
                           {"rope": "triton", "swiglu": "triton", "attention": "triton"})
