@@ -196,7 +196,8 @@ def test_triton_kernels_run_on_the_local_heads(tmp_path):
 @pytest.mark.parametrize("tp, nproc", [(1, 2), (2, 4)])
 def test_fsdp_bf16_mixed_precision_tracks_fp32(tp, nproc, tmp_path):
     run = _torchrun(nproc, "fsdp", tp, "bf16", tmp_path)
-    assert run["fsdp_param_dtype"] == "torch.bfloat16"
+    # FSDP2 gathers the weights in bf16 for the forward; the sharded masters stay float32
+    assert run["forward_weight_dtype"] == "torch.bfloat16"
     assert run["master_dtypes"] == ["torch.float32"]
     one = _one_process("fp32")
     # bf16 keeps 8 significant bits (2**-9 relative rounding) in the gathered weights and the
@@ -216,15 +217,17 @@ def _rank_main(parallel: str, tp: int, precision: str, kernels: str) -> None:
     result = _run(backend)
     names = {name.removesuffix(".weight"): p for name, p in backend.model.named_parameters()}
     local = {k: list(getattr(p, "to_local", lambda p=p: p)().shape) for k, p in names.items()}
-    state = getattr(backend.model.layers[0], "_get_fsdp_state", None)
-    policy = state()._mp_policy if state is not None else None
+    seen = []  # the dtype wq's weight has while its forward runs (FSDP2: the gathered copy)
+    backend.model.layers[0].wq.register_forward_pre_hook(
+        lambda module, args: seen.append(str(module.weight.dtype)))
+    backend.loss_and_grads(data.SyntheticTokens(TINY.vocab, BATCH, SEQ, seed=0).batch(0))
     if backend.rank == 0:
         out = {key: ({k: v.tolist() for k, v in value.items()} if isinstance(value, dict)
                      else value) for key, value in result.items()}
         device = backend.device()
         out.update(mesh=device.extra["mesh"], count=device.count, local_shapes=local,
                    ops=backend.backend_cfg.op_choices(),
-                   fsdp_param_dtype=str(policy.param_dtype) if policy else None,
+                   forward_weight_dtype=seen[0],
                    master_dtypes=sorted({str(p.dtype) for p in names.values()}))
         print(json.dumps(out))
     dist.barrier()  # leave together (gloo's threads can abort a rank that exits first)
