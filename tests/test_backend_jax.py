@@ -144,7 +144,7 @@ def test_cli_run_writes_a_valid_record(cli, tmp_path):
     assert record["status"] == "ok", record.get("cause")
     assert record["backend"] == "jax" and record["precision"] == "fp32"
     assert record["device"]["kind"] == "cpu" and record["device"]["count"] == 1
-    assert record["device"]["mesh"] == {"data": 1, "fsdp": 1}
+    assert record["device"]["mesh"] == {"dp": 1, "fsdp": 1, "tp": 1}
     assert record["environment"]["versions"]["jax"]
     assert all(np.isfinite(record["loss"]["per_step"]))
     # MFU here is against NumPy's measured matmul rate; XLA's CPU matmuls may beat it, so only > 0

@@ -90,3 +90,14 @@ def test_model_validation_names_the_field(change, message):
 def test_unknown_preset_lists_the_choices():
     with pytest.raises(ConfigError, match="model='llama9' is not a known preset; choose one of: tiny"):
         model.preset("llama9")
+
+
+@pytest.mark.parametrize("tp, message", [
+    (3, "backend.tensor_parallel=3 does not divide model.n_heads=4"),
+    (4, "backend.tensor_parallel=4 does not divide model.n_kv_heads=2"),
+    (0, "backend.tensor_parallel=0 must be a positive integer"),
+])
+def test_tensor_parallel_must_divide_the_split_dimensions(tp, message):
+    with pytest.raises(ConfigError, match=message):
+        model.check_tensor_parallel(model.preset("tiny"), tp)
+    model.check_tensor_parallel(model.preset("tiny"), 2)  # 4 heads, 2 kv heads, 176, 256

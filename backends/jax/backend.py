@@ -18,8 +18,9 @@ import numpy as np
 
 from trainbench import flops, hardware
 from trainbench.backend import Availability, Backend, DeviceInfo
-from trainbench.config import BackendConfig
+from trainbench.config import BackendConfig, TrainConfig
 from trainbench.errors import ConfigError
+from trainbench.model import ModelConfig, check_tensor_parallel
 
 _PACKAGES = ("jax", "jaxlib", "flax", "optax")
 _PLATFORM_KIND = {"cpu": "cpu", "gpu": "gpu", "cuda": "gpu", "rocm": "gpu", "tpu": "tpu"}
@@ -36,6 +37,9 @@ class JaxConfig(BackendConfig):
     """Size of the mesh's data axis; -1 takes every device the fsdp axis leaves."""
     fsdp: int = 1
     """Size of the mesh's fsdp axis: devices that share one copy of the weights."""
+    tensor_parallel: int = 1
+    """Size of the mesh's tensor axis: devices that split each matrix (heads, MLP width,
+    vocabulary) and share one slice of the batch; activations sequence-split between blocks."""
     flash_block_size: int = 128
     """Query and key block of the Pallas kernel (128 fills a TPU lane)."""
     distributed: str = "auto"
@@ -84,6 +88,13 @@ class JaxBackend(Backend):
         return 10
 
     @classmethod
+    def check_config(cls, backend_cfg: BackendConfig, model_cfg: ModelConfig,
+                     train_cfg: TrainConfig) -> None:
+        """The tensor axis against the model's heads, MLP width and vocabulary (the mesh against
+        the device count is checked when JAX has started: make_mesh)."""
+        check_tensor_parallel(model_cfg, backend_cfg.tensor_parallel)
+
+    @classmethod
     def versions(cls) -> dict[str, str]:
         found = {}
         for package in _PACKAGES:
@@ -96,7 +107,7 @@ class JaxBackend(Backend):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.mesh: Any = None
-        """The (data, fsdp) jax.sharding.Mesh, once JAX has started (_start)."""
+        """The (data, fsdp, tensor) jax.sharding.Mesh, once JAX has started (_start)."""
         self._compiled: Any = None
         """The AOT-compiled train step, after the first step."""
         self.compile_s: float | None = None
@@ -113,7 +124,7 @@ class JaxBackend(Backend):
 
         c = self.backend_cfg
         mesh.initialize_distributed(c.distributed)
-        self.mesh = mesh.make_mesh(c.data_parallel, c.fsdp)
+        self.mesh = mesh.make_mesh(c.data_parallel, c.fsdp, tensor=c.tensor_parallel)
         first = self.mesh.devices.flat[0]
         self.device_kind = first.device_kind
         self.platform, self.device_name, self.hardware_entry = describe_device(
@@ -121,13 +132,15 @@ class JaxBackend(Backend):
         self.process_index = jax.process_index()
 
     def device(self) -> DeviceInfo:
+        from trainbench.backends.jax import mesh
+
         self._start()
         c = self.backend_cfg
         return DeviceInfo(name=self.device_name, kind=self.platform,
                           count=int(self.mesh.devices.size),
                           extra={"device_kind": self.device_kind,
                                  "hardware_entry": self.hardware_entry,
-                                 "mesh": dict(self.mesh.shape),
+                                 "mesh": mesh.mesh_sizes(self.mesh),
                                  "attention": c.attention, "remat": c.remat})
 
     def is_primary(self) -> bool:
@@ -151,7 +164,7 @@ class JaxBackend(Backend):
         compute = jnp.dtype(self.precision.compute_dtype)
         attend = attention.select(c.attention, self.platform, compute, self.device_kind,
                                   c.flash_block_size)
-        self.model = model.Transformer(self.model_cfg, compute, attend, c.remat)
+        self.model = model.Transformer(self.model_cfg, compute, attend, c.remat, self.mesh)
         self.tx = step.make_optimizer(self.optim, self.total_steps, params)
 
         tree = model.to_tree({k: np.asarray(v, np.float32) for k, v in params.items()})

@@ -9,6 +9,11 @@ Mixed precision: parameters stay in their own dtype (float32 master weights); ma
 cast to `dtype` (the compute dtype). The residual stream, RMSNorm, rotary embeddings, softmax,
 the SiLU gate and the logits are kept in float32. Shapes: B batch, T sequence, d d_model,
 Hq/Hkv heads, D head_dim, V vocab.
+
+Sharding: given a `mesh`, activations are constrained by logical axes (mesh.py's LOGICAL_RULES):
+the residual stream split over the sequence between blocks, each projection's output over heads
+or the MLP width, the logits over the vocabulary; the attention function itself is called on
+head-split q, k, v and returns head-split output. Without a mesh the model is unconstrained.
 """
 
 from __future__ import annotations
@@ -22,12 +27,18 @@ import numpy as np
 
 from trainbench import ops
 from trainbench.backends.jax.attention import xla_attention
+from trainbench.backends.jax.mesh import constrain
 from trainbench.model import ModelConfig, param_shapes
 
 AttentionFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 """Causal grouped-query attention: q [B, T, Hq, D], k, v [B, T, Hkv, D] -> [B, T, Hq, D]."""
 
 _zeros = nn.initializers.zeros_init()
+
+RESIDUAL = ("act_batch", "act_length", "act_embed")
+"""The residual stream between blocks [B, T, d]: split over the sequence under TP."""
+GATHERED = ("act_batch", None, "act_embed")
+"""A norm's output [B, T, d], whole sequence, as the column-parallel projections read it."""
 
 
 def _matmul(x: jax.Array, w: jax.Array, dtype: Any) -> jax.Array:
@@ -68,6 +79,7 @@ class Attention(nn.Module):
     cfg: ModelConfig
     dtype: Any
     attention_fn: AttentionFn
+    mesh: Any = None
 
     @nn.compact
     def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
@@ -77,10 +89,15 @@ class Attention(nn.Module):
         wk = self.param("wk", _zeros, (d, c.kv_dim), jnp.float32)
         wv = self.param("wv", _zeros, (d, c.kv_dim), jnp.float32)
         wo = self.param("wo", _zeros, (c.q_dim, d), jnp.float32)
+        q_axes = ("act_batch", None, "act_heads", None)
+        kv_axes = ("act_batch", None, "act_kv_heads", None)
         q = _matmul(x, wq, self.dtype).reshape(B, T, c.n_heads, c.head_dim)
         k = _matmul(x, wk, self.dtype).reshape(B, T, c.n_kv_heads, c.head_dim)
         v = _matmul(x, wv, self.dtype).reshape(B, T, c.n_kv_heads, c.head_dim)
-        o = self.attention_fn(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v)  # (B, T, Hq, D)
+        q = constrain(apply_rope(q, cos, sin), q_axes, self.mesh)
+        k = constrain(apply_rope(k, cos, sin), kv_axes, self.mesh)
+        v = constrain(v, kv_axes, self.mesh)
+        o = constrain(self.attention_fn(q, k, v), q_axes, self.mesh)  # (B, T, Hq, D)
         return _matmul(o.reshape(B, T, c.q_dim), wo, self.dtype)
 
 
@@ -89,6 +106,7 @@ class Mlp(nn.Module):
 
     cfg: ModelConfig
     dtype: Any
+    mesh: Any = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -96,8 +114,10 @@ class Mlp(nn.Module):
         w_gate = self.param("w_gate", _zeros, (d, f), jnp.float32)
         w_up = self.param("w_up", _zeros, (d, f), jnp.float32)
         w_down = self.param("w_down", _zeros, (f, d), jnp.float32)
-        gate = _matmul(x, w_gate, self.dtype).astype(jnp.float32)  # (B, T, d_ff)
-        up = _matmul(x, w_up, self.dtype).astype(jnp.float32)
+        hidden = ("act_batch", None, "act_mlp")
+        gate = constrain(_matmul(x, w_gate, self.dtype).astype(jnp.float32), hidden,
+                         self.mesh)  # (B, T, d_ff)
+        up = constrain(_matmul(x, w_up, self.dtype).astype(jnp.float32), hidden, self.mesh)
         return _matmul(jax.nn.silu(gate) * up, w_down, self.dtype)
 
 
@@ -107,24 +127,28 @@ class Block(nn.Module):
     cfg: ModelConfig
     dtype: Any
     attention_fn: AttentionFn
+    mesh: Any = None
 
     @nn.compact
     def __call__(self, h: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-        c = self.cfg
-        a = RMSNorm(c.norm_eps, self.dtype, name="attn_norm")(h)
-        h = h + Attention(c, self.dtype, self.attention_fn, name="attn")(a, cos, sin)
-        m = RMSNorm(c.norm_eps, self.dtype, name="mlp_norm")(h)
-        return h + Mlp(c, self.dtype, name="mlp")(m)
+        c, mesh = self.cfg, self.mesh
+        a = constrain(RMSNorm(c.norm_eps, self.dtype, name="attn_norm")(h), GATHERED, mesh)
+        h = h + Attention(c, self.dtype, self.attention_fn, mesh, name="attn")(a, cos, sin)
+        h = constrain(h, RESIDUAL, mesh)
+        m = constrain(RMSNorm(c.norm_eps, self.dtype, name="mlp_norm")(h), GATHERED, mesh)
+        return constrain(h + Mlp(c, self.dtype, mesh, name="mlp")(m), RESIDUAL, mesh)
 
 
 class Transformer(nn.Module):
     """Tokens [B, T] -> float32 logits [B, T, V]. `remat` recomputes each block in the backward
-    pass instead of keeping its activations (jax.checkpoint through nn.remat)."""
+    pass instead of keeping its activations (jax.checkpoint through nn.remat). `mesh` (a
+    jax.sharding.Mesh with mesh.py's axes) turns on the activation sharding constraints."""
 
     cfg: ModelConfig
     dtype: Any = jnp.float32
     attention_fn: AttentionFn = xla_attention
     remat: bool = False
+    mesh: Any = None
 
     @nn.compact
     def __call__(self, tokens: jax.Array) -> jax.Array:
@@ -134,24 +158,30 @@ class Transformer(nn.Module):
         cos, sin = (jnp.asarray(t) for t in ops.rope_cos_sin(T, c.head_dim, c.rope_theta,
                                                              np.float32))
         embed = self.param("embed", _zeros, (c.vocab, c.d_model), jnp.float32)
-        h = embed[tokens].astype(jnp.float32)  # (B, T, d): the residual stream stays float32
+        mesh = self.mesh
+        # (B, T, d): the residual stream stays float32
+        h = constrain(embed[tokens].astype(jnp.float32), RESIDUAL, mesh)
         block = nn.remat(Block) if self.remat else Block
         for i in range(c.n_layers):
-            h = block(c, self.dtype, self.attention_fn, name=f"layers_{i}")(h, cos, sin)
-        x = RMSNorm(c.norm_eps, self.dtype, name="final_norm")(h)
+            h = block(c, self.dtype, self.attention_fn, mesh, name=f"layers_{i}")(h, cos, sin)
+        x = constrain(RMSNorm(c.norm_eps, self.dtype, name="final_norm")(h), GATHERED, mesh)
         if c.tie_embeddings:
             head = embed.T  # (d, V)
         else:
             head = self.param("lm_head", _zeros, (c.d_model, c.vocab), jnp.float32)
-        return jnp.matmul(x, head.astype(self.dtype), preferred_element_type=jnp.float32)
+        logits = jnp.matmul(x, head.astype(self.dtype), preferred_element_type=jnp.float32)
+        return constrain(logits, ("act_batch", None, "act_vocab"), mesh)  # vocab-parallel
 
 
 def next_token_loss(logits: jax.Array, tokens: jax.Array) -> jax.Array:
-    """Mean cross-entropy of logits[:, :-1] predicting tokens[:, 1:], in float32."""
+    """Mean cross-entropy of logits[:, :-1] predicting tokens[:, 1:], in float32. The target's
+    logit is picked by a one-hot product (exact: one non-zero term), which stays local to each
+    device when the vocabulary is split, where a gather would collect the whole row."""
     logits = logits[:, :-1].astype(jnp.float32)  # (B, T-1, V)
     targets = tokens[:, 1:]
     lse = jax.nn.logsumexp(logits, axis=-1)
-    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    picked = jnp.sum(logits * jax.nn.one_hot(targets, logits.shape[-1], dtype=logits.dtype),
+                     axis=-1)
     return jnp.mean(lse - picked)
 
 

@@ -275,7 +275,8 @@ class NeuronBackend(TorchBackend):
             return DeviceInfo(info.name, info.kind, info.count,
                               {**info.extra, "nki": BACKEND, "lnc": self.lnc})
         return DeviceInfo(self._chip(), "neuron", self.world,
-                          {"parallel": self.backend_cfg.parallel, "lnc": self.lnc})
+                          {"parallel": self.backend_cfg.parallel, "lnc": self.lnc,
+                           "mesh": self.backend_cfg.mesh(self.world)})
 
     def synchronize(self) -> None:
         import torch

@@ -1,9 +1,11 @@
 """The PyTorch backend: the shared model trained with torch.optim.AdamW, on CUDA or the CPU.
 
 Each op runs PyTorch-native code or a Triton kernel, chosen per op by config (ops.py). Under
-`torchrun` (WORLD_SIZE > 1) every rank takes its contiguous slice of the global batch and the
-model is wrapped in DDP or FSDP2 (`fully_shard`); the loss reported is the global mean. This
-module imports PyTorch only inside methods: the CLI imports every backend's config at start-up.
+`torchrun` (WORLD_SIZE > 1) every data-parallel rank takes its contiguous slice of the global
+batch and the model is wrapped in DDP or FSDP2 (`fully_shard`); with `tensor_parallel=N`, each
+group of N consecutive ranks shares one slice and splits the model's matrices (parallel.py). The
+loss reported is the global mean. This module imports PyTorch only inside methods: the CLI
+imports every backend's config at start-up.
 
 Reusing this backend (the Neuron backend does): subclass TorchBackend, override `torch_device`
 (and `device`) to put the model on another torch.device, and register extra op choices with
@@ -13,20 +15,22 @@ Reusing this backend (the Neuron backend does): subclass TorchBackend, override 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib.util
 import os
 import resource
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 import numpy as np
 
 from trainbench import hardware, optim
 from trainbench.backend import Availability, Backend, DeviceInfo
 from trainbench.backends.torch import ops
-from trainbench.config import BackendConfig
+from trainbench.config import BackendConfig, TrainConfig
 from trainbench.errors import ConfigError
+from trainbench.model import ModelConfig
 
 if TYPE_CHECKING:
     import torch
@@ -45,7 +49,11 @@ class TorchConfig(BackendConfig):
     compile: bool = False
     """torch.compile each transformer block (torchtitan's per-block compile)."""
     parallel: str = "ddp"
-    """Multi-process data parallelism under torchrun: ddp | fsdp (FSDP2 fully_shard)."""
+    """Multi-process data parallelism under torchrun: ddp | fsdp (FSDP2 fully_shard; with
+    precision=bf16, parameters gathered in bf16 and gradients reduced in float32)."""
+    tensor_parallel: int = 1
+    """Ranks that split each matrix (Megatron-style TP with sequence parallelism); the mesh is
+    (processes / tensor_parallel) x tensor_parallel, the data axis FSDP when it is > 1."""
     rmsnorm: str = "native"
     """RMSNorm: native (PyTorch ops, float32 statistics) | triton."""
     rope: str = "native"
@@ -73,6 +81,19 @@ class TorchConfig(BackendConfig):
 
     def op_choices(self) -> dict[str, str]:
         return {op: getattr(self, op) for op in ops.OPS}
+
+    def mesh(self, world: int) -> dict[str, int]:
+        """Sizes of the mesh axes over `world` ranks, as every record names them."""
+        tp = self.tensor_parallel
+        dp = world // tp
+        if self.parallel == "fsdp":
+            return {"dp": 1, "fsdp": dp, "tp": tp}
+        return {"dp": dp, "fsdp": 1, "tp": tp}
+
+
+def _world(environ: Mapping[str, str] = os.environ) -> int:
+    """Processes of this launch (torchrun sets WORLD_SIZE)."""
+    return int(environ.get("WORLD_SIZE", "1"))
 
 
 def _torch_installed() -> bool:
@@ -105,6 +126,16 @@ class TorchBackend(Backend):
         return 20 if torch.cuda.is_available() else 5
 
     @classmethod
+    def check_config(cls, backend_cfg: BackendConfig, model_cfg: ModelConfig,
+                     train_cfg: TrainConfig) -> None:
+        """Tensor parallelism against the model, the sequence and the torchrun process count."""
+        from trainbench.backends.torch import parallel
+
+        parallel.check_tensor_parallel(backend_cfg.tensor_parallel, model_cfg, train_cfg.seq_len,
+                                       _world(), backend_cfg.parallel, backend_cfg.op_choices(),
+                                       backend_cfg.compile)
+
+    @classmethod
     def versions(cls) -> dict[str, str]:
         if not _torch_installed():
             return {}
@@ -128,8 +159,10 @@ class TorchBackend(Backend):
         import torch
         import torch.distributed as dist
 
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.world = _world()
         self.rank = int(os.environ.get("RANK", "0"))
+        self.tp = self.backend_cfg.tensor_parallel
+        self.dp_rank = self.rank // self.tp  # the mesh is (dp_shard, tp), tp innermost
         self.torch_dev = self.torch_device()
         on_cuda = self.torch_dev.type == "cuda"
         if on_cuda:
@@ -156,7 +189,8 @@ class TorchBackend(Backend):
         import torch
 
         self._init_runtime()
-        extra = {"parallel": self.backend_cfg.parallel} if self.world > 1 else {}
+        extra: dict[str, Any] = {"parallel": self.backend_cfg.parallel} if self.world > 1 else {}
+        extra["mesh"] = self.backend_cfg.mesh(self.world)
         if self.torch_dev.type == "cuda":
             return DeviceInfo(torch.cuda.get_device_name(self.torch_dev), "gpu", self.world, extra)
         return DeviceInfo(hardware.cpu_name(), "cpu", self.world, extra)
@@ -174,6 +208,7 @@ class TorchBackend(Backend):
         import torch
 
         from trainbench.backends.torch import model as model_lib
+        from trainbench.backends.torch import parallel
 
         self._init_runtime()
         cfg = self.backend_cfg
@@ -183,7 +218,14 @@ class TorchBackend(Backend):
             model = model_lib.Transformer(self.model_cfg, ops.resolve(choices))
         self.model = model.to(self.torch_dev)  # and so are the rotary tables (from NumPy)
         model_lib.load_canonical(self.model, params)
-        # torchtitan's order: compile each block, then wrap for data parallelism
+        self.autocast_dtype = (torch.bfloat16 if self.precision.compute_dtype == "bfloat16"
+                               else None)
+        # torchtitan's order: tensor parallelism, then compile each block, then wrap for data
+        # parallelism (FSDP2 shards the TP-sharded DTensors further over the data axis)
+        self.mesh = None
+        if self.tp > 1:
+            self.mesh = parallel.make_mesh(self.torch_dev.type, self.world, self.tp)
+            parallel.apply_tp(self.model, self.mesh["tp"])
         if cfg.compile:
             for block in self.model.layers:
                 block.compile()
@@ -198,25 +240,24 @@ class TorchBackend(Backend):
         self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=o.lr,
                                            betas=(o.b1, o.b2), eps=o.eps,
                                            fused=on_cuda, foreach=not on_cuda)
-        self.autocast_dtype = (torch.bfloat16 if self.precision.compute_dtype == "bfloat16"
-                               else None)
 
     def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        """DDP or FSDP2 around the model when there are several ranks; the model itself if not."""
-        if self.world == 1:
+        """DDP or FSDP2 around the model over the data axis when it has several ranks (the TP
+        group's ranks already share the batch slice); the model itself if not."""
+        if self.world == self.tp:
             return model
-        if self.backend_cfg.parallel == "ddp":
+        if self.backend_cfg.parallel == "ddp":  # check_config allows it only without TP
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.torch_dev.index] if self.torch_dev.type == "cuda" else None
             return DistributedDataParallel(model, device_ids=ids)
         from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard
 
-        mesh = init_device_mesh(self.torch_dev.type, (self.world,))
-        for block in model.layers:  # one all-gather per block, freed after its forward
-            fully_shard(block, mesh=mesh)
-        fully_shard(model, mesh=mesh)  # embedding, final norm and LM head
+        from trainbench.backends.torch import parallel
+
+        dp_mesh = (self.mesh["dp_shard"] if self.mesh is not None
+                   else init_device_mesh(self.torch_dev.type, (self.world,)))
+        parallel.apply_fsdp(model, dp_mesh, self.autocast_dtype)
         return model
 
     # --- steps ---------------------------------------------------------------------------------
@@ -225,11 +266,13 @@ class TorchBackend(Backend):
         """This rank's contiguous slice of the global batch, as int64 on the device."""
         import torch
 
-        B = tokens.shape[0]
-        if B % self.world:
-            raise ConfigError(f"train.batch_size={B} is not divisible by the {self.world} ranks")
-        per_rank = B // self.world
-        local = np.asarray(tokens[self.rank * per_rank:(self.rank + 1) * per_rank], dtype=np.int64)
+        B, dp = tokens.shape[0], self.world // self.tp
+        if B % dp:
+            raise ConfigError(f"train.batch_size={B} is not divisible by the {dp} data-parallel "
+                              "ranks")
+        per_rank = B // dp
+        local = np.asarray(tokens[self.dp_rank * per_rank:(self.dp_rank + 1) * per_rank],
+                           dtype=np.int64)
         return torch.from_numpy(local).to(self.torch_dev, non_blocking=True)
 
     def _forward_backward(self, tokens: np.ndarray) -> torch.Tensor:
@@ -239,16 +282,29 @@ class TorchBackend(Backend):
 
         local = self._local_tokens(tokens)
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(self.torch_dev.type, dtype=self.autocast_dtype,
-                            enabled=self.autocast_dtype is not None):
-            loss = self.train_model(local)
-        loss.backward()
-        return loss.detach()
+        # vocab-parallel cross-entropy on the vocab-split logits, forward and backward
+        with self._loss_parallel():
+            with torch.autocast(self.torch_dev.type, dtype=self.autocast_dtype,
+                                enabled=self.autocast_dtype is not None):
+                loss = self.train_model(local)
+            loss.backward()
+        loss = loss.detach()
+        # a replicated DTensor under TP: every rank of the TP group holds the whole loss
+        return loss.to_local() if hasattr(loss, "to_local") else loss
+
+    def _loss_parallel(self) -> contextlib.AbstractContextManager:
+        if self.tp == 1:
+            return contextlib.nullcontext()
+        from torch.distributed.tensor.parallel import loss_parallel
+
+        return loss_parallel()
 
     def _global_mean(self, loss: torch.Tensor) -> torch.Tensor:
         import torch.distributed as dist
 
-        if self.world > 1:  # ranks hold equal slices, so the mean of means is the global mean
+        # ranks hold equal slices (the ranks of a TP group the same one), so the mean of means
+        # is the global mean
+        if self.world > 1:
             dist.all_reduce(loss)  # SUM: gloo has no AVG
             loss = loss / self.world
         return loss

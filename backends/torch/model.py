@@ -42,7 +42,7 @@ class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, ops: Ops) -> None:
         super().__init__()
         d = cfg.d_model
-        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.head_dim = cfg.head_dim
         self.ops = ops
         self.attn_norm = RMSNorm(d, cfg.norm_eps, ops["rmsnorm"])
         self.wq = _linear(d, cfg.q_dim)
@@ -56,11 +56,14 @@ class Block(nn.Module):
 
     def attention(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
-        q, k = self.ops["rope"](self.wq(x).view(B, T, self.n_heads, self.head_dim),
-                                self.wk(x).view(B, T, self.n_kv_heads, self.head_dim), cos, sin)
-        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
+        rope = self.ops["rope"]
+        # heads counted from the projection's width: under tensor parallelism each rank holds
+        # n_heads/tp query and n_kv_heads/tp kv heads (parallel.py), whole GQA groups
+        q, k = rope(self.wq(x).view(B, T, -1, self.head_dim),
+                    self.wk(x).view(B, T, -1, self.head_dim), cos, sin)
+        v = self.wv(x).view(B, T, -1, self.head_dim)
         o = self.ops["attention"](q, k, v)  # (B, T, Hq, D)
-        return self.wo(o.reshape(B, T, self.n_heads * self.head_dim))
+        return self.wo(o.reshape(B, T, -1))
 
     def mlp(self, x: torch.Tensor) -> torch.Tensor:
         return self.w_down(self.ops["swiglu"](self.w_gate(x), self.w_up(x)))
@@ -96,8 +99,9 @@ class Transformer(nn.Module):
         h = self.embed(tokens)  # (B, T, d)
         for layer in self.layers:
             h = layer(h, cos, sin)
-        # the last position predicts nothing
-        x = self.final_norm(h[:, :-1]).reshape(B * (T - 1), -1)  # (N, d)
+        # the last position predicts nothing; normed first, then dropped (the norm is per
+        # position), as under sequence parallelism h is split over T until the norm's output
+        x = self.final_norm(h)[:, :-1].reshape(B * (T - 1), -1)  # (N, d)
         targets = tokens[:, 1:].reshape(-1)
         return self.ops["cross_entropy"](x, self.head_weight(), targets)
 

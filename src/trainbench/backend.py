@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
-from trainbench.config import BackendConfig, OptimConfig, PrecisionConfig
+from trainbench.config import BackendConfig, OptimConfig, PrecisionConfig, TrainConfig
 from trainbench.model import ModelConfig
 
 
@@ -67,6 +67,13 @@ class Backend(abc.ABC):
     def preference(cls) -> int:
         """Rank among available backends for `backend=auto` (higher wins)."""
         return 0
+
+    @classmethod
+    def check_config(cls, backend_cfg: BackendConfig, model_cfg: ModelConfig,
+                     train_cfg: TrainConfig) -> None:
+        """Raise ConfigError for a backend option this model or batch shape cannot take (e.g. a
+        tensor-parallel size that does not divide the heads); called before any work, cheaply
+        (no framework import)."""
 
     @classmethod
     def versions(cls) -> dict[str, str]:

@@ -81,6 +81,21 @@ def validate_model(cfg: Any, prefix: str = "model") -> None:
                           "(rotary embeddings rotate pairs of features)")
 
 
+TENSOR_PARALLEL_FIELDS = ("n_heads", "n_kv_heads", "d_ff", "vocab")
+"""The dimensions tensor parallelism splits: query and kv heads (whole heads per rank), the MLP's
+hidden width, and the vocabulary of the embedding and LM head."""
+
+
+def check_tensor_parallel(cfg: Any, tp: int, option: str = "backend.tensor_parallel") -> None:
+    """Raise ConfigError unless `tp` (>= 1) divides every dimension tensor parallelism splits."""
+    if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
+        raise ConfigError(f"{option}={tp!r} must be a positive integer")
+    for name in TENSOR_PARALLEL_FIELDS:
+        value = getattr(cfg, name)
+        if value % tp:
+            raise ConfigError(f"{option}={tp} does not divide model.{name}={value}")
+
+
 @functools.cache
 def _preset_table() -> dict[str, dict[str, Any]]:
     text = resources.files("trainbench").joinpath("data/presets.yaml").read_text()

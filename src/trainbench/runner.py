@@ -73,6 +73,7 @@ def prepare(cfg: RunConfig, model_name: str) -> Plan:
     if cfg.precision.name not in backend_cls.precisions:
         raise ConfigError(f"backend={backend_name} does not support precision="
                           f"{cfg.precision.name}; it supports: " + ", ".join(backend_cls.precisions))
+    backend_cls.check_config(cfg.backend, cfg.model, cfg.train)
     t = cfg.train
     source = data.make_source(cfg.data.path, cfg.data.dtype, cfg.model.vocab, t.batch_size,
                               t.seq_len, cfg.seed)
