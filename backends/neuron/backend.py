@@ -216,8 +216,7 @@ class NeuronBackend(TorchBackend):
 
         from trainbench.kernels.nki import autograd as nki_autograd
 
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
+        self._set_ranks()
         self.torch_dev = self.torch_device()
         nki_autograd.set_lnc(self.lnc)
         if self.world > 1 and not dist.is_initialized():

@@ -159,10 +159,7 @@ class TorchBackend(Backend):
         import torch
         import torch.distributed as dist
 
-        self.world = _world()
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.tp = self.backend_cfg.tensor_parallel
-        self.dp_rank = self.rank // self.tp  # the mesh is (dp_shard, tp), tp innermost
+        self._set_ranks()
         self.torch_dev = self.torch_device()
         on_cuda = self.torch_dev.type == "cuda"
         if on_cuda:
@@ -171,6 +168,14 @@ class TorchBackend(Backend):
             dist.init_process_group("nccl" if on_cuda else "gloo",
                                     device_id=self.torch_dev if on_cuda else None)
             atexit.register(dist.destroy_process_group)
+
+    def _set_ranks(self) -> None:
+        """This process's place in the launch (torchrun's variables) and in the (dp_shard, tp)
+        mesh, tp innermost."""
+        self.world = _world()
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.tp = self.backend_cfg.tensor_parallel
+        self.dp_rank = self.rank // self.tp
 
     def torch_device(self) -> torch.device:
         """This rank's torch.device: cuda:LOCAL_RANK, or the CPU (backend.device)."""
