@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -101,3 +103,14 @@ def test_tensor_parallel_must_divide_the_split_dimensions(tp, message):
     with pytest.raises(ConfigError, match=message):
         model.check_tensor_parallel(model.preset("tiny"), tp)
     model.check_tensor_parallel(model.preset("tiny"), 2)  # 4 heads, 2 kv heads, 176, 256
+
+
+def test_init_is_the_same_numbers_in_every_dtype_and_per_tensor_streams():
+    cfg = model.preset("tiny")
+    a32, a64 = model.init_params(cfg, 5), model.init_params(cfg, 5, np.float64)
+    for name in a32:
+        assert a64[name].dtype == np.float64
+        np.testing.assert_array_equal(a64[name], a32[name].astype(np.float64))
+    deeper = dataclasses.replace(cfg, n_layers=cfg.n_layers + 1)
+    # a tensor's values depend only on the seed and its place in the canonical order
+    np.testing.assert_array_equal(model.init_params(deeper, 5)["embed"], a32["embed"])
