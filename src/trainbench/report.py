@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from trainbench import flops, hardware
+from trainbench import flops, hardware, memory
 from trainbench.model import ModelConfig
 
 # The columns a group of repeats is identified by.
@@ -71,6 +71,7 @@ def frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
             "step_spread": step.get("spread", np.nan),
             "step_times": list((r.get("times") or {}).get("step_s") or []),
             "memory_bytes": (r.get("memory") or {}).get("peak_bytes"),
+            "memory_measure": (r.get("memory") or {}).get("measure"),
             "model_shape": (r.get("config") or {}).get("model"),
         })
     return pd.DataFrame(rows)
@@ -133,6 +134,8 @@ def group(df: pd.DataFrame) -> pd.DataFrame:
     out["tokens_per_s_max"] = g["tokens_per_s"].max()
     out["noise"] = g.apply(_noise, include_groups=False)
     out["peak_method"] = g["peak_method"].agg(lambda s: ",".join(sorted(set(s))))
+    out["memory_measure"] = g["memory_measure"].agg(
+        lambda s: ",".join(sorted({str(x) for x in s if isinstance(x, str)})))
     return out.reset_index()
 
 
@@ -212,6 +215,14 @@ def _fmt_bytes(n: Any) -> str:
     raise AssertionError("unreachable")
 
 
+def _fmt_memory(n: Any, measure: str | None) -> str:
+    """Bytes with what they measure (trainbench.memory.LABELS), so a cell never passes host RSS
+    off as device memory; records older than the measure field show the figure alone."""
+    labels = [memory.LABELS.get(m, m) for m in (measure or "").split(",") if m]
+    text = _fmt_bytes(n)
+    return f"{text} ({', '.join(labels)})" if labels and text != "-" else text
+
+
 def row(record: dict[str, Any]) -> dict[str, str]:
     """One record as display strings (the table a single run prints)."""
     m = record.get("metrics") or {}
@@ -238,7 +249,8 @@ def row(record: dict[str, Any]) -> dict[str, str]:
         "MFU": mfu_text,
         "step time": (f"{1e3 * step['median']:.1f} ms (p10-p90 {1e3 * step['p10']:.1f}-"
                       f"{1e3 * step['p90']:.1f})") if step else "-",
-        "memory": _fmt_bytes((record.get("memory") or {}).get("peak_bytes")),
+        "memory": _fmt_memory((record.get("memory") or {}).get("peak_bytes"),
+                              (record.get("memory") or {}).get("measure")),
         "status": status,
     }
 
@@ -281,7 +293,8 @@ def display(grouped: pd.DataFrame) -> pd.DataFrame:
         "TFLOP/s/device": [_num(x, "{:.3f}") for x in grouped["tflops_per_device"]],
         "MFU": [_pct(x) for x in grouped["mfu"]],
         "MAMFU": [_pct(x) for x in grouped["mamfu"]],
-        "memory": [_fmt_bytes(x) for x in grouped["memory_bytes"]],
+        "memory": [_fmt_memory(x, m) for x, m in zip(grouped["memory_bytes"],
+                                                     grouped["memory_measure"])],
     })
     if "usd_per_mtok" in grouped:
         out["$/Mtok"] = [_num(x, "{:.4f}") for x in grouped["usd_per_mtok"]]

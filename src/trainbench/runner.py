@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import functools
 import hashlib
 import json
 import os
@@ -18,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from trainbench import config as config_lib
-from trainbench import data, env, flops, hardware, metrics, model, registry, results
+from trainbench import (data, env, flops, hardware, memory, metrics, model, peakcache,
+                        registry, results)
 from trainbench.backend import Backend
 from trainbench.config import RunConfig
 from trainbench.errors import ConfigError
@@ -77,16 +77,8 @@ def prepare(cfg: RunConfig, model_name: str) -> Plan:
                 run_id(cfg, model_name, backend_name))
 
 
-@functools.cache
-def _cpu_peak(dtype: str) -> hardware.PeakInfo:
-    return hardware.measure_cpu_matmul_peak(dtype)
-
-
-def device_peak(backend: Backend, device: Any, compute_dtype: str) -> hardware.PeakInfo:
-    """Datasheet peak of the device; on the CPU, which has no datasheet peak here, the measured
-    matmul rate: the backend's own probe if it has one, else NumPy's."""
-    if device.kind != "cpu":
-        return hardware.resolve_peak(device.name, config_lib.PEAK_DTYPE[compute_dtype])
+def _cpu_probe(backend: Backend, compute_dtype: str) -> hardware.PeakInfo:
+    """The backend's own matmul probe if it has one, else NumPy's."""
     measured = backend.matmul_peak(compute_dtype)
     if measured is not None:
         return measured
@@ -94,7 +86,17 @@ def device_peak(backend: Backend, device: Any, compute_dtype: str) -> hardware.P
         return hardware.PeakInfo(None, compute_dtype, "", "unknown",
                                  f"no {compute_dtype} matmul probe on the CPU for this backend; "
                                  "MFU left empty")
-    return _cpu_peak(compute_dtype)
+    return hardware.measure_cpu_matmul_peak(compute_dtype)
+
+
+def device_peak(backend: Backend, device: Any, compute_dtype: str) -> hardware.PeakInfo:
+    """Datasheet peak of the device; on the CPU, which has no datasheet peak here, the measured
+    matmul rate of the backend's own framework (NumPy's for a backend without a probe), probed
+    once per machine, backend and dtype and then read from trainbench.peakcache."""
+    if device.kind != "cpu":
+        return hardware.resolve_peak(device.name, config_lib.PEAK_DTYPE[compute_dtype])
+    return peakcache.cpu_peak(backend.name, compute_dtype, type(backend).versions(),
+                              lambda: _cpu_probe(backend, compute_dtype))
 
 
 def base_record(plan: Plan) -> dict[str, Any]:
@@ -130,8 +132,9 @@ def execute(plan: Plan) -> tuple[dict[str, Any], Path | None]:
         record["device"] = {"name": device.name, "kind": device.kind, "count": device.count,
                             **device.extra}
         params = model.init_params(cfg.model, cfg.seed)
+        rss = memory.RssGrowth()  # after the framework's start-up, before weights and steps
         loop = run_loop(backend, params, plan.source.batch, t.warmup_steps, t.steps)
-        record.update(_measurements(cfg, backend, device, loop))
+        record.update(_measurements(cfg, backend, device, loop, rss.result()))
     except Exception as err:  # a crash in one run is recorded, not raised: sweeps go on
         record["status"] = "failed"
         record["cause"] = f"{type(err).__name__}: {err}"
@@ -142,14 +145,14 @@ def execute(plan: Plan) -> tuple[dict[str, Any], Path | None]:
     return record, path
 
 
-def _measurements(cfg: RunConfig, backend: Backend, device: Any, loop: Any) -> dict[str, Any]:
+def _measurements(cfg: RunConfig, backend: Backend, device: Any, loop: Any,
+                  host_memory: tuple[int | None, str]) -> dict[str, Any]:
     t = cfg.train
     flop_count = flops.training_flops(cfg.model, t.batch_size, t.seq_len, t.attention_flops)
     peak = device_peak(backend, device, cfg.precision.compute_dtype)
     # MAMF (Bekman, "maximum achievable matmul FLOPS"): the measured best matmul rate of the
     # device; on the CPU the peak itself is that measurement.
     mamf = peak if peak.method == "measured" else backend.matmul_peak(cfg.precision.compute_dtype)
-    memory, memory_kind = backend.peak_memory()
     out: dict[str, Any] = {
         "status": loop.status,
         "cause": loop.cause,
@@ -169,7 +172,7 @@ def _measurements(cfg: RunConfig, backend: Backend, device: Any, loop: Any) -> d
         "peak": dataclasses.asdict(peak),
         "mamf": dataclasses.asdict(mamf) if mamf is not None else
         {"flops_per_s": None, "note": f"backend {backend.name} has no matmul probe"},
-        "memory": {"peak_bytes": memory, "kind": memory_kind},
+        "memory": memory.record(device.kind, host_memory, backend.peak_memory()),
         "units": {"step_time": "s", "tokens_per_s": "tokens/s",
                   "model_tflops_per_device": "TFLOP/s", "mfu": "fraction of peak (0-1)",
                   "memory": "bytes"},
