@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-all bench clean
+.PHONY: setup run test test-all bench bench-peers clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,10 @@ test-all: setup
 
 bench: setup
 	$(PY) scripts/bench_reference.py
+
+# Each backend against the loop a user would otherwise write; e.g. PEERS_ARGS="--seq 1024 --json x.json"
+bench-peers: setup
+	$(PY) scripts/bench_peers.py $(PEERS_ARGS)
 
 clean:
 	rm -rf $(VENV) results multirun outputs
