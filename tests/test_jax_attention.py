@@ -11,7 +11,8 @@ import jax
 import jax.numpy as jnp
 
 from trainbench import ops
-from trainbench.backends.jax.attention import QUERY_BLOCK, xla_attention
+from trainbench.backends.jax.attention import (MAX_BLOCKS, QUERY_BLOCK, query_block,
+                                               xla_attention)
 
 # B, T, Hq, Hkv, D: one block, exactly two blocks, a ragged last block (T not a multiple of the
 # block), grouped-query (4 query heads per kv head) and plain multi-head
@@ -59,6 +60,20 @@ def test_blocks_skip_the_masked_triangle_and_share_kv_heads():
     # K and V enter every product as they are, [B, S, Hkv, D]: never repeated to Hq heads
     assert all(any(len(x) == 4 and x[2:] == (Hkv, D) for x in (lhs, rhs))
                for lhs, rhs, _ in dots), dots
+
+
+@pytest.mark.parametrize("T, block", [(1, QUERY_BLOCK), (QUERY_BLOCK, QUERY_BLOCK),
+                                      (MAX_BLOCKS * QUERY_BLOCK, QUERY_BLOCK),
+                                      (MAX_BLOCKS * QUERY_BLOCK + 1, 2 * QUERY_BLOCK),
+                                      (64 * QUERY_BLOCK, 8 * QUERY_BLOCK)])
+def test_long_sequences_get_larger_blocks_not_more(T, block):
+    assert query_block(T) == block and math.ceil(T / block) <= MAX_BLOCKS
+
+
+def test_a_long_sequence_traces_to_at_most_max_blocks():
+    T = 64 * QUERY_BLOCK
+    shape = jax.ShapeDtypeStruct((1, T, 2, 4), jnp.float32)
+    assert len(_dots(xla_attention, shape, shape, shape)) == 2 * MAX_BLOCKS
 
 
 def test_forward_bf16_is_within_bf16_rounding():

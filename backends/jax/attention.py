@@ -24,9 +24,20 @@ from trainbench.errors import ConfigError
 
 
 QUERY_BLOCK = 128
-"""Queries per block of xla_attention. Measured on a 2-core CPU (model=small shapes, fp32,
-forward + backward, against jax.nn.dot_product_attention): 128 gave 0.55x of its time at
-T=1024, 0.6x at 512, 0.75x at 256; 256 and 512 saved less."""
+"""Smallest query block of xla_attention (a TPU lane, a multiple of every GPU tile). On a
+2-core CPU (model=small heads, fp32, forward + backward, against jax.nn.dot_product_attention)
+blocks of 128 gave 0.55x of its time at T=1024, 0.6x at 512, 0.75x at 256; 256 and 512 saved
+less."""
+
+MAX_BLOCKS = 8
+"""Most query blocks: beyond 8 * QUERY_BLOCK tokens blocks grow instead, so the number of
+products (and compile time) stays bounded at long sequences; 8 blocks do 9/16 of the square."""
+
+
+def query_block(T: int) -> int:
+    """Queries per block at sequence length T: QUERY_BLOCK, or a multiple of it that keeps the
+    block count at most MAX_BLOCKS."""
+    return QUERY_BLOCK * math.ceil(math.ceil(T / QUERY_BLOCK) / MAX_BLOCKS)
 
 
 def _causal_block(qg: jax.Array, k: jax.Array, v: jax.Array, start: int,
@@ -49,8 +60,8 @@ def _causal_block(qg: jax.Array, k: jax.Array, v: jax.Array, start: int,
 def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     """Scores and softmax in float32, products with inputs in q's dtype.
 
-    Queries go in blocks of QUERY_BLOCK, each against only the keys up to its last position, so
-    the masked upper triangle is mostly never computed: at T = n blocks the score and value
+    Queries go in blocks (query_block(T)), each against only the keys up to its last position,
+    so the masked upper triangle is mostly never computed: with n blocks the score and value
     products shrink to (n + 1) / 2n of the full square. Each row's softmax still sees every
     key it may see, so the result is the unblocked one. K/V heads are shared by their query
     group through the einsum, never repeated.
@@ -59,9 +70,10 @@ def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     Hkv = k.shape[2]
     qg = q.reshape(B, T, Hkv, Hq // Hkv, D)  # (B, T, Hkv, G, D)
     scale = 1.0 / math.sqrt(D)
-    blocks = [_causal_block(qg[:, start:start + QUERY_BLOCK], k[:, :start + QUERY_BLOCK],
-                            v[:, :start + QUERY_BLOCK], start, scale)
-              for start in range(0, T, QUERY_BLOCK)]
+    C = query_block(T)
+    blocks = [_causal_block(qg[:, start:start + C], k[:, :start + C], v[:, :start + C], start,
+                            scale)
+              for start in range(0, T, C)]
     return jnp.concatenate(blocks, axis=1).reshape(B, T, Hq, D)
 
 
