@@ -14,9 +14,10 @@ global-norm clipping, on the same token batches:
 
 Protocol: every contestant is built and warmed up (compilation included) first; then `--rounds`
 rounds, each timing `--steps` steps of every contestant in turn (interleaved, so a change in the
-machine's load hits both sides of a pair alike). A round's figure is its mean step time. The
-speed of a pair is the median over rounds of peer time / trainbench time (> 1: trainbench is
-faster). The peers keep a constant learning rate and decay every parameter (what a short user
+machine's load hits both sides of a pair alike). A round's figures are its mean wall-clock
+step time and the process's CPU time per step (all threads; other processes inflate it far less
+on a shared machine). The speed of a pair is the median over rounds of peer time / trainbench
+time (> 1: trainbench is faster), for each of the two clocks. The peers keep a constant learning rate and decay every parameter (what a short user
 loop does); trainbench runs its warm-up + cosine schedule and decays matrices only: element-wise
 work that does not show at these sizes. The JSON records the machine's load average and cores,
 because on a shared machine only the paired ratios mean much.
@@ -50,6 +51,8 @@ class Contestant:
     step: Callable[[int, np.ndarray], Any]
     sync: Callable[[], None]
     round_step_s: list[float] = field(default_factory=list)
+    round_cpu_s: list[float] = field(default_factory=list)
+    """The process's CPU seconds (all threads) per step of each round."""
 
 
 # --- trainbench's side: the backends themselves -------------------------------------------------
@@ -321,7 +324,9 @@ def paired_ratios(side_s: list[float], peer_s: list[float]) -> dict[str, Any]:
 def time_rounds(contestants: list[Contestant], batches: list[np.ndarray], warmup: int,
                 rounds: int, steps: int) -> None:
     """Warm every contestant up, then time `rounds` interleaved rounds of `steps` steps each;
-    a round's figure (appended to round_step_s) is its mean seconds per step."""
+    a round's figures are its mean wall-clock seconds per step (round_step_s) and the process's
+    CPU seconds per step (round_cpu_s), which other processes on a shared machine inflate far
+    less than wall-clock time."""
     step_no = {c.name: 0 for c in contestants}
 
     def run(c: Contestant, n: int) -> None:
@@ -335,9 +340,10 @@ def time_rounds(contestants: list[Contestant], batches: list[np.ndarray], warmup
         run(c, warmup)
     for _ in range(rounds):
         for c in contestants:
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             run(c, steps)
             c.round_step_s.append((time.perf_counter() - start) / steps)
+            c.round_cpu_s.append((time.process_time() - cpu_start) / steps)
 
 
 def summarize(seq: int, batch: int, contestants: list[Contestant]) -> dict[str, Any]:
@@ -348,11 +354,15 @@ def summarize(seq: int, batch: int, contestants: list[Contestant]) -> dict[str, 
         "seq": seq, "batch": batch,
         "contestants": {c.name: {"round_step_s": c.round_step_s,
                                  "median_step_s": statistics.median(c.round_step_s),
-                                 "tokens_per_s": tokens / statistics.median(c.round_step_s)}
+                                 "tokens_per_s": tokens / statistics.median(c.round_step_s),
+                                 "round_cpu_s": c.round_cpu_s,
+                                 "median_cpu_s": statistics.median(c.round_cpu_s)}
                         for c in contestants},
         "pairs": [{"trainbench": side, "peer": peer,
                    "speed": paired_ratios(by_name[side].round_step_s,
-                                          by_name[peer].round_step_s)}
+                                          by_name[peer].round_step_s),
+                   "cpu_speed": paired_ratios(by_name[side].round_cpu_s,
+                                              by_name[peer].round_cpu_s)}
                   for side, peer in PAIRS if side in by_name and peer in by_name],
     }
 
@@ -364,16 +374,17 @@ def print_table(result: dict[str, Any], title: str) -> None:
 
     table = Table(title=title)
     for column in ("seq (batch)", "trainbench", "s/step", "peer", "s/step",
-                   "speed vs peer (median)", "range over rounds"):
+                   "speed vs peer (median)", "range over rounds", "CPU-time speed", "range"):
         table.add_column(column)
     for length in result["lengths"]:
         c = length["contestants"]
         for pair in length["pairs"]:
-            s = pair["speed"]
+            s, cpu = pair["speed"], pair["cpu_speed"]
             table.add_row(f"{length['seq']} ({length['batch']})", pair["trainbench"],
                           f"{c[pair['trainbench']]['median_step_s']:.3f}", pair["peer"],
                           f"{c[pair['peer']]['median_step_s']:.3f}", f"{s['median']:.3f}x",
-                          f"{s['min']:.3f}-{s['max']:.3f}")
+                          f"{s['min']:.3f}-{s['max']:.3f}", f"{cpu['median']:.3f}x",
+                          f"{cpu['min']:.3f}-{cpu['max']:.3f}")
     Console(width=160).print(table)
 
 

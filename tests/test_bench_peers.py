@@ -58,12 +58,12 @@ def test_rounds_interleave_the_contestants_after_a_warm_up():
     # warm-up of each, then rounds alternating a, b; each side walks the same batches in order
     assert [e[0][0] for e in steps] == list("tm" + "ttmm" * 2)
     assert [e[1:] for e in steps if e[0] == a.name] == [(0, 0), (1, 1), (2, 2), (3, 0), (4, 1)]
-    assert len(a.round_step_s) == len(b.round_step_s) == 2
-    assert all(t >= 0 for t in a.round_step_s + b.round_step_s)
+    assert len(a.round_step_s) == len(b.round_step_s) == len(a.round_cpu_s) == 2
+    assert all(t >= 0 for t in a.round_step_s + b.round_step_s + a.round_cpu_s)
 
 
 def test_summary_has_medians_per_contestant_and_the_known_pairs_only():
-    c = {n: bench_peers.Contestant(n, None, None, s) for n, s in [
+    c = {n: bench_peers.Contestant(n, None, None, s, [2 * t for t in s]) for n, s in [
         ("trainbench jax", [2.0, 1.0, 3.0]), ("minimal JAX + Optax", [2.0, 2.0, 2.0]),
         ("HF Llama eager", [1.0, 1.0, 1.0])]}
     out = bench_peers.summarize(256, 8, list(c.values()))
@@ -72,6 +72,8 @@ def test_summary_has_medians_per_contestant_and_the_known_pairs_only():
     [pair] = out["pairs"]  # HF's partner (trainbench torch) did not run
     assert (pair["trainbench"], pair["peer"]) == ("trainbench jax", "minimal JAX + Optax")
     assert pair["speed"]["per_round"] == [1.0, 2.0, 2 / 3]
+    assert pair["cpu_speed"]["per_round"] == [1.0, 2.0, 2 / 3]
+    assert out["contestants"]["trainbench jax"]["median_cpu_s"] == 4.0
 
 
 @pytest.mark.slow
@@ -92,4 +94,5 @@ def test_a_tiny_real_run_writes_the_json_and_the_table(tmp_path, capsys):
         ("trainbench jax", "minimal JAX + Optax")]
     for pair in length["pairs"]:
         assert len(pair["speed"]["per_round"]) == 2 and pair["speed"]["median"] > 0
+        assert len(pair["cpu_speed"]["per_round"]) == 2 and pair["cpu_speed"]["median"] > 0
     assert "speed vs peer" in capsys.readouterr().out
