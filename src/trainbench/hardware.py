@@ -183,9 +183,11 @@ class ProbeSettings:
 
 
 CPU_PROBE = ProbeSettings(n=1024, repeats=15, min_time_s=0.25)
-"""The CPU peak's probe, about 4 s. A 5 x 0.2 s probe swung by 30% between runs on a shared
-2-core machine; the best of 15 longer repeats moved by a few percent (README, "The CPU peak"),
-and the result is cached per machine (trainbench.peakcache), so runs do not re-measure it."""
+"""The CPU peak's probe, about 4 s: the best of more, longer repeats is likelier to catch the
+machine undisturbed than the old 5 x 0.2 s. Neither holds still on a busy machine (on this
+project's shared 2 cores at load average 11-13, both spread by 46-128% from run to run:
+benchmarks/cpu/cpu_peak_probe.json), since a probe measures the share of the CPU it gets; what
+holds MFU still is that the result is cached per machine (trainbench.peakcache)."""
 
 ACCELERATOR_PROBE = ProbeSettings(n=8192, repeats=10, min_time_s=0.1)
 """A GPU's MAMF probe: products large enough to saturate the device."""
