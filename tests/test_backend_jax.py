@@ -99,10 +99,10 @@ def test_cost_analysis_is_recorded_and_near_the_model_flop_count():
     extra = backend.record_extra()
     assert extra["compile_s"] > 0 and extra["xla_memory_analysis"]["temp_size_in_bytes"] > 0
     ratio = extra["xla_cost_flops_per_device"] / flops.training_flops(TINY, 8, 32, "full")
-    # XLA computes the full square of causal attention (the mask is an element-wise select), so
-    # it counts at least trainbench's "full" convention; on top it counts element-wise ops
-    # (norms, softmax, SiLU, AdamW), a few FLOPs per element, which in this tiny model add well
-    # under half of the matmul FLOPs.
+    # At seq 32 attention is one query block, whose full square XLA computes (the mask is an
+    # element-wise select), so it counts at least trainbench's "full" convention; on top it
+    # counts element-wise ops (norms, softmax, SiLU, AdamW), a few FLOPs per element, which in
+    # this tiny model add well under half of the matmul FLOPs.
     assert 1.0 <= ratio <= 1.5, ratio
     memory, kind = backend.peak_memory()
     assert memory > 0 and kind
