@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-all bench browser gpu-wheels gpu-campaign-dry-run clean
+.PHONY: setup run test test-all bench bench-peers browser gpu-wheels gpu-campaign-dry-run clean
 
 setup: $(STAMP)
 
@@ -41,6 +41,10 @@ gpu-wheels: setup
 # Print the campaign's plan and check that every command it would run parses.
 gpu-campaign-dry-run: setup
 	$(PY) scripts/gpu_campaign.py --dry-run
+
+# Each backend against the loop a user would otherwise write; e.g. PEERS_ARGS="--seq 1024 --json x.json"
+bench-peers: setup
+	$(PY) scripts/bench_peers.py $(PEERS_ARGS)
 
 clean:
 	rm -rf $(VENV) results multirun outputs

@@ -50,3 +50,18 @@ def read_json_files(folder: Path) -> list[dict]:
 def cli(tmp_path: Path):
     """run_cli bound to a fresh working folder."""
     return lambda *args, **kw: run_cli(*args, cwd=tmp_path, **kw)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_peak_cache(tmp_path_factory):
+    """Runs in the tests (CLI subprocesses included) keep their measured CPU peaks in a folder of
+    this session, never in the user's cache: no test reads a figure measured before it."""
+    from trainbench import peakcache
+
+    old = os.environ.get(peakcache.CACHE_ENV)
+    os.environ[peakcache.CACHE_ENV] = str(tmp_path_factory.mktemp("peak_cache"))
+    yield
+    if old is None:
+        os.environ.pop(peakcache.CACHE_ENV)
+    else:
+        os.environ[peakcache.CACHE_ENV] = old

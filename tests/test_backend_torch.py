@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainbench import data, model, optim, parity, reference, registry
+from trainbench import data, hardware, model, optim, parity, reference, registry
 from trainbench.backends.torch.backend import TorchBackend, TorchConfig
 from trainbench.config import PRECISIONS, OptimConfig
 from trainbench.errors import ConfigError
@@ -123,11 +123,14 @@ def test_registered_and_ranked_for_auto():
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_matmul_probe_measures_the_device(dtype):
+def test_matmul_probe_measures_the_device(dtype, monkeypatch):
+    small = hardware.ProbeSettings(n=128, repeats=2, min_time_s=0.01)
+    monkeypatch.setattr(hardware, "CPU_PROBE", small)  # the real one takes seconds
     backend = TorchBackend(TorchConfig(), TINY, PRECISIONS["fp32"], OptimConfig(), total_steps=1)
     peak = backend.matmul_peak(dtype)
     assert peak.method == "measured" and peak.dtype == dtype
     assert np.isfinite(peak.flops_per_s) and peak.flops_per_s > 0
+    assert peak.probe["n"] == 128 and peak.probe["repeats"] == 2
 
 
 def test_cli_run_writes_a_valid_record(cli, tmp_path):
@@ -143,7 +146,7 @@ def test_cli_run_writes_a_valid_record(cli, tmp_path):
     assert len(losses) == 4 and all(np.isfinite(losses))
     assert record["metrics"]["tokens_per_s"] > 0
     assert record["mamf"]["method"] == "measured" and "torch" in record["mamf"]["source"]
-    assert record["memory"]["peak_bytes"] > 0
+    assert record["memory"]["peak_bytes"] > 0 and record["memory"]["measure"] == "host_rss_growth"
 
 
 def test_cli_refuses_a_bad_op_choice_in_one_line(cli, tmp_path):

@@ -38,13 +38,16 @@ def test_full_run_writes_a_valid_record(cli, tmp_path):
     assert m["tokens_per_s"] > 0 and 0 < m["mfu"] < 1
     assert m["step_time_s"]["p10"] <= m["step_time_s"]["median"] <= m["step_time_s"]["p90"]
     assert record["peak"]["method"] == "measured" and record["peak"]["flops_per_s"] > 0
+    probe = record["peak"]["probe"]  # the cached CPU probe, cited with its spread
+    assert probe["spread"] >= 0 and probe["measured_at"] and probe["cache_file"].endswith(".json")
     assert record["flops"]["attention"] == "causal" and "causal" in record["flops"]["convention"]
     assert record["flops"]["per_step"] > 0 and record["flops"]["palm_per_step"] > 0
     env = record["environment"]
     assert env["python"] and env["versions"]["numpy"] and env["trainbench"]
     assert "commit" in env["git"]
     assert record["device"]["kind"] == "cpu" and record["device"]["count"] == 1
-    assert record["memory"]["peak_bytes"] > 0
+    assert record["memory"]["peak_bytes"] > 0 and record["memory"]["measure"] == "host_rss_growth"
+    assert record["memory"]["framework"]["bytes"] is None  # NumPy has no allocator figure
 
 
 def test_multirun_of_two_runs_and_report(cli, tmp_path):

@@ -119,20 +119,36 @@ def test_known_device_without_that_dtype_gets_no_peak():
     assert hardware.accelerators()["TPU v4"].peak_flops_per_device("fp64") is None
 
 
-def test_cpu_probe_measures_a_positive_finite_peak():
-    peak = hardware.measure_cpu_matmul_peak("float32", n=256, repeats=2, min_time_s=0.05)
+SMALL_PROBE = hardware.ProbeSettings(n=256, repeats=3, min_time_s=0.02)
+
+
+def test_cpu_probe_measures_a_positive_finite_peak_and_its_spread():
+    peak = hardware.measure_cpu_matmul_peak("float32", SMALL_PROBE)
     assert peak.method == "measured" and peak.dtype == "float32"
     assert math.isfinite(peak.flops_per_s) and peak.flops_per_s > 0
     assert peak.source.startswith("numpy ") and "matmul" in peak.source
-    assert "measured" in peak.note and "256x256" in peak.note and "2 repeats" in peak.note
+    assert "256x256" in peak.note and "best of 3 repeats" in peak.note
+    probe = peak.probe
+    assert (probe["n"], probe["repeats"], probe["min_time_s"]) == (256, 3, 0.02)
+    # the peak is the best repeat; the spread is over all repeats
+    assert probe["rate_min"] <= probe["rate_median"] <= peak.flops_per_s
+    assert probe["spread"] >= 0
+
+
+def test_measured_peak_takes_the_best_repeat():
+    calls = []
+    peak = hardware.measured_peak(lambda: calls.append(1), hardware.ProbeSettings(2, 4, 1e-4),
+                                  "float32", "test", "nothing")
+    assert len(calls) >= 5  # a warm-up, then at least one product per repeat
+    assert peak.flops_per_s > 0 and peak.probe["repeats"] == 4
 
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"dtype": "bfloat16"}, "dtype='bfloat16' cannot be measured by the CPU probe"),
     ({"dtype": "int32"}, "choose one of: float64, float32, float16"),
-    ({"n": 0}, "n=0"),
-    ({"repeats": 0}, "repeats=0"),
-    ({"min_time_s": 0}, "min_time_s=0"),
+    ({"probe": hardware.ProbeSettings(0, 1, 0.1)}, "n=0"),
+    ({"probe": hardware.ProbeSettings(8, 0, 0.1)}, "repeats=0"),
+    ({"probe": hardware.ProbeSettings(8, 1, 0)}, "min_time_s=0"),
 ])
 def test_cpu_probe_rejects_bad_arguments(kwargs, message):
     with pytest.raises(ConfigError, match=message):

@@ -197,3 +197,20 @@ def test_records_of_an_unknown_status_are_left_out_with_a_note(loaded, tmp_path,
     df, _ = report.to_convention(report.frame([*records, plan]), "causal")
     assert "compiled" not in set(report.failures(df).status)
     assert report.group(df)["n"].sum() == len(df[df.status == "ok"])
+
+
+def test_memory_cells_say_what_they_measure(loaded):
+    records, _, _ = loaded
+    gpu = json.loads(json.dumps(records[0]))
+    gpu["memory"] = {"peak_bytes": 3 * 2**30, "kind": "torch.cuda.max_memory_allocated",
+                     "measure": "device_peak_allocation", "framework": {"bytes": 3 * 2**30}}
+    cpu = json.loads(json.dumps(records[0]))
+    cpu["device"] = {"name": "Test CPU", "kind": "cpu", "count": 1}
+    cpu["memory"] = {"peak_bytes": 2**30, "kind": "host process peak RSS growth",
+                     "measure": "host_rss_growth", "framework": {"bytes": None}}
+    assert report.row(gpu)["memory"] == "3.0 GiB (device peak)"
+    assert report.row(cpu)["memory"] == "1.0 GiB (RSS growth)"
+    shown = report.display(report.group(report.frame([gpu, cpu])))
+    assert sorted(shown["memory"]) == ["1.0 GiB (RSS growth)", "3.0 GiB (device peak)"]
+    # records written before the measure field: the figure alone, no claimed meaning
+    assert report.row(records[0])["memory"] == "27.9 GiB"

@@ -237,19 +237,16 @@ class JaxBackend(Backend):
         import jax
         import jax.numpy as jnp
 
-        on_cpu = self.platform == "cpu"
-        n, repeats, min_time_s = (1024, 5, 0.2) if on_cpu else (8192, 10, 0.1)
+        probe = hardware.CPU_PROBE if self.platform == "cpu" else hardware.ACCELERATOR_PROBE
+        n = probe.n
         device = self.mesh.devices.flat[0]
         key_a, key_b = jax.random.split(jax.random.key(0))
         a = jax.device_put(jax.random.normal(key_a, (n, n), dtype), device)
         b = jax.device_put(jax.random.normal(key_b, (n, n), dtype), device)
         matmul = jax.jit(jnp.matmul)
-        best = hardware.best_matmul_rate(lambda: matmul(a, b).block_until_ready(), n, repeats,
-                                         min_time_s)
-        return hardware.PeakInfo(best, dtype, f"jax {jax.__version__} jnp.matmul", "measured",
-                                 f"best of {repeats} repeats of {n}x{n} {dtype} jitted "
-                                 f"jnp.matmul on {device.device_kind}, each looped for "
-                                 f"{min_time_s:g} s; 2*n^3 FLOPs per product")
+        return hardware.measured_peak(lambda: matmul(a, b).block_until_ready(), probe, dtype,
+                                      f"jax {jax.__version__} jnp.matmul",
+                                      f"jitted jnp.matmul on {device.device_kind}")
 
     def _memory_analysis(self) -> dict[str, int] | None:
         """XLA's buffer plan of the compiled step on one device; None before the first step."""

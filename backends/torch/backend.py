@@ -18,8 +18,6 @@ import atexit
 import contextlib
 import importlib.util
 import os
-import resource
-import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
@@ -356,7 +354,8 @@ class TorchBackend(Backend):
 
         self._init_runtime()
         on_cuda = self.torch_dev.type == "cuda"
-        n, repeats, min_time_s = (8192, 10, 0.1) if on_cuda else (1024, 5, 0.2)
+        probe = hardware.ACCELERATOR_PROBE if on_cuda else hardware.CPU_PROBE
+        n = probe.n
         torch_dtype = getattr(torch, dtype)
         a = torch.randn(n, n, device=self.torch_dev).to(torch_dtype)
         b = torch.randn(n, n, device=self.torch_dev).to(torch_dtype)
@@ -366,11 +365,8 @@ class TorchBackend(Backend):
             torch.matmul(a, b, out=out)
             self.synchronize()
 
-        best = hardware.best_matmul_rate(product, n, repeats, min_time_s)
-        return hardware.PeakInfo(best, dtype, f"torch {torch.__version__} matmul", "measured",
-                                 f"best of {repeats} repeats of {n}x{n} {dtype} torch.matmul "
-                                 f"on {self.torch_dev.type}, each looped for {min_time_s:g} s; "
-                                 "2*n^3 FLOPs per product")
+        return hardware.measured_peak(product, probe, dtype, f"torch {torch.__version__} matmul",
+                                      f"torch.matmul on {self.torch_dev.type}")
 
     def peak_memory(self) -> tuple[int | None, str]:
         import torch
@@ -379,10 +375,8 @@ class TorchBackend(Backend):
             return (torch.cuda.max_memory_allocated(self.torch_dev),
                     "torch.cuda.max_memory_allocated on rank 0's GPU (tensors only, not the "
                     "allocator's cache)")
-        # ru_maxrss is KiB on Linux, bytes on macOS.
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        scale = 1 if sys.platform == "darwin" else 1024
-        return peak * scale, "host process peak RSS (includes the Python process itself)"
+        return None, ("torch keeps no allocator statistics on the CPU (the run's host RSS "
+                      "growth is measured by trainbench.memory)")
 
 
 def clip_by_global_norm_(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:

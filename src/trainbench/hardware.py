@@ -4,11 +4,13 @@ Accelerator peaks are data, not code: `data/hardware.yaml` holds per-chip dense 
 peaks with their sources, and how many framework devices one chip shows (a Trainium2 chip is
 4 logical NeuronCores, a TPU7x chip 2 TensorCores), so that a per-device peak is never
 confused with a per-chip one. A device the table lacks gets no peak and a note, never a
-guess. On the CPU there is no datasheet: `measure_cpu_matmul_peak` times NumPy's matmul.
+guess. On the CPU there is no datasheet: a matmul probe (`measured_peak`; NumPy's in
+`measure_cpu_matmul_peak`, a backend's own framework in its `matmul_peak`) measures it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import platform
@@ -22,6 +24,7 @@ from typing import Any, Callable, Literal
 import numpy as np
 import yaml
 
+from trainbench import metrics
 from trainbench.errors import ConfigError
 
 PEAK_DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8")
@@ -75,6 +78,9 @@ class PeakInfo:
     source: str
     method: Literal["datasheet", "measured", "unknown"]
     note: str
+    probe: dict[str, Any] | None = None
+    """A measured peak's probe: its settings, median and slowest repeat rate, spread over
+    repeats, and (trainbench.peakcache) when, where and under what load it was measured."""
 
 
 def _dtype_key(dtype: str) -> str:
@@ -166,62 +172,94 @@ def _blas_name() -> str:
         return ""
 
 
-def best_matmul_rate(product: Callable[[], object], n: int, repeats: int,
-                     min_time_s: float) -> float:
-    """Best FLOP/s of an n x n x n matrix product over `repeats` timings (the MAMF probe that
-    every backend's framework shares).
+@dataclass(frozen=True)
+class ProbeSettings:
+    """How long a matmul probe runs: `repeats` timings of n x n products, each looping products
+    for at least `min_time_s` after one untimed warm-up."""
+
+    n: int
+    repeats: int
+    min_time_s: float
+
+
+CPU_PROBE = ProbeSettings(n=1024, repeats=15, min_time_s=0.25)
+"""The CPU peak's probe, about 4 s: the best of more, longer repeats is likelier to catch the
+machine undisturbed than the old 5 x 0.2 s. Neither holds still on a busy machine (on this
+project's shared 2 cores at load average 11-13, both spread by 46-128% from run to run:
+benchmarks/cpu/cpu_peak_probe.json), since a probe measures the share of the CPU it gets; what
+holds MFU still is that the result is cached per machine (trainbench.peakcache)."""
+
+ACCELERATOR_PROBE = ProbeSettings(n=8192, repeats=10, min_time_s=0.1)
+"""A GPU's MAMF probe: products large enough to saturate the device."""
+
+
+def matmul_rates(product: Callable[[], object], probe: ProbeSettings) -> list[float]:
+    """FLOP/s of each of `probe.repeats` timings of an n x n x n matrix product (the MAMF probe
+    that every backend's framework shares).
 
     `product()` runs one product and returns when it has finished. After one untimed warm-up
     (buffers, kernel choice, threads), each repeat loops products for at least `min_time_s`; a
-    product is 2*n^3 FLOPs. The best repeat is the rate: slower ones measure interference.
+    product is 2*n^3 FLOPs.
     """
     product()
-    best = 0.0
-    for _ in range(repeats):
+    rates = []
+    for _ in range(probe.repeats):
         products = 0
         start = time.perf_counter()
         while True:
             product()
             products += 1
             elapsed = time.perf_counter() - start
-            if elapsed >= min_time_s:
+            if elapsed >= probe.min_time_s:
                 break
-        best = max(best, 2 * n**3 * products / elapsed)
-    if not (math.isfinite(best) and best > 0):
-        raise RuntimeError(f"matmul probe measured {best} FLOP/s")
-    return best
+        rates.append(2 * probe.n**3 * products / elapsed)
+    if not all(math.isfinite(r) and r > 0 for r in rates):
+        raise RuntimeError(f"matmul probe measured {rates} FLOP/s")
+    return rates
 
 
-def measure_cpu_matmul_peak(dtype: str = "float32", n: int = 1024, repeats: int = 5,
-                            min_time_s: float = 0.2) -> PeakInfo:
-    """Achievable CPU matmul FLOP/s: the best of `repeats` timings of NumPy n×n products.
+def measured_peak(product: Callable[[], object], probe: ProbeSettings, dtype: str, source: str,
+                  what: str) -> PeakInfo:
+    """The best rate of a matmul probe as a measured PeakInfo; slower repeats measure
+    interference, not the machine. `what` names the product (e.g. "jitted jnp.matmul on cpu").
 
-    After one untimed warm-up product, each repeat loops products until `min_time_s` has passed;
-    a product is 2·n³ FLOPs (one multiply and one add per MAC). The best repeat is taken as the
-    peak, since slower ones measure interference, not the machine.
+    The record keeps the probe's settings and its spread over repeats: (p90 - p10) / median, as
+    trainbench.metrics.step_stats defines it for step times.
     """
+    rates = matmul_rates(product, probe)
+    stats = metrics.step_stats(rates)
+    n = probe.n
+    return PeakInfo(max(rates), dtype, source, "measured",
+                    f"best of {probe.repeats} repeats of {n}x{n} {dtype} {what}, each looped for "
+                    f"at least {probe.min_time_s:g} s after a warm-up; 2*n^3 FLOPs per product",
+                    probe={**dataclasses.asdict(probe),
+                           "rate_median": stats["median"], "rate_min": stats["min"],
+                           "spread": stats["spread"]})
+
+
+def measure_cpu_matmul_peak(dtype: str = "float32",
+                            probe: ProbeSettings = CPU_PROBE) -> PeakInfo:
+    """Achievable CPU matmul FLOP/s of NumPy: the best repeat of `probe` (see measured_peak)."""
     # Named explicitly: whether NumPy knows "bfloat16" depends on whether ml_dtypes was imported.
     if dtype not in ("float64", "float32", "float16"):
         raise ConfigError(f"dtype={dtype!r} cannot be measured by the CPU probe (NumPy matmul); "
                           "choose one of: float64, float32, float16")
     dt = np.dtype(dtype)
-    for label, value in (("n", n), ("repeats", repeats)):
+    for label, value in (("n", probe.n), ("repeats", probe.repeats)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{label}={value!r} must be a positive integer")
-    if not min_time_s > 0:
-        raise ConfigError(f"min_time_s={min_time_s!r} must be positive")
+    if not probe.min_time_s > 0:
+        raise ConfigError(f"min_time_s={probe.min_time_s!r} must be positive")
 
+    n = probe.n
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n)).astype(dt)
     b = rng.standard_normal((n, n)).astype(dt)
     out = np.empty((n, n), dtype=dt)
-    best = best_matmul_rate(lambda: np.matmul(a, b, out=out), n, repeats, min_time_s)
     blas = _blas_name()
     source = f"numpy {np.__version__} matmul" + (f" ({blas})" if blas else "")
-    return PeakInfo(best, dt.name, source, "measured",
-                    f"measured on this CPU: best of {repeats} repeats of {n}x{n} {dt.name} "
-                    f"matmul, each looped for at least {min_time_s:g} s after a warm-up; "
-                    "2*n^3 FLOPs per product")
+    return measured_peak(lambda: np.matmul(a, b, out=out), probe, dt.name, source,
+                         "NumPy matmul on this CPU")
 
 
 def cpu_name() -> str:

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from trainbench import flops, hardware
+from trainbench import flops, hardware, memory
 from trainbench.errors import ConfigError
 from trainbench.model import ModelConfig
 
@@ -88,6 +88,7 @@ def frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
             "step_spread": step.get("spread", np.nan),
             "step_times": list((r.get("times") or {}).get("step_s") or []),
             "memory_bytes": (r.get("memory") or {}).get("peak_bytes"),
+            "memory_measure": (r.get("memory") or {}).get("measure"),
             "model_shape": (r.get("config") or {}).get("model"),
         })
     return pd.DataFrame(rows)
@@ -161,6 +162,8 @@ def group(df: pd.DataFrame) -> pd.DataFrame:
         bands = g.apply(lambda rows, m=metric: _band(rows, m), include_groups=False)
         out[f"{metric}_p10"] = [lo for lo, _ in bands]
         out[f"{metric}_p90"] = [hi for _, hi in bands]
+    out["memory_measure"] = g["memory_measure"].agg(
+        lambda s: ",".join(sorted({str(x) for x in s if isinstance(x, str)})))
     return out.reset_index()
 
 
@@ -253,6 +256,14 @@ def _fmt_bytes(n: Any) -> str:
     raise AssertionError("unreachable")
 
 
+def _fmt_memory(n: Any, measure: str | None) -> str:
+    """Bytes with what they measure (trainbench.memory.LABELS), so a cell never passes host RSS
+    off as device memory; records older than the measure field show the figure alone."""
+    labels = [memory.LABELS.get(m, m) for m in (measure or "").split(",") if m]
+    text = _fmt_bytes(n)
+    return f"{text} ({', '.join(labels)})" if labels and text != "-" else text
+
+
 def row(record: dict[str, Any]) -> dict[str, str]:
     """One record as display strings (the table a single run prints)."""
     m = record.get("metrics") or {}
@@ -279,7 +290,8 @@ def row(record: dict[str, Any]) -> dict[str, str]:
         "MFU": mfu_text,
         "step time": (f"{1e3 * step['median']:.1f} ms (p10-p90 {1e3 * step['p10']:.1f}-"
                       f"{1e3 * step['p90']:.1f})") if step else "-",
-        "memory": _fmt_bytes((record.get("memory") or {}).get("peak_bytes")),
+        "memory": _fmt_memory((record.get("memory") or {}).get("peak_bytes"),
+                              (record.get("memory") or {}).get("measure")),
         "status": status,
     }
 
@@ -346,7 +358,10 @@ TABLE_COLUMNS: dict[str, Column] = {
     "MFU": Column(_formatted("mfu", _pct), "median model FLOPs utilization"),
     "MAMFU": Column(_formatted("mamfu", _pct),
                     "model FLOP/s over the measured best matmul rate"),
-    "memory": Column(_formatted("memory_bytes", _fmt_bytes), "median peak memory"),
+    "memory": Column(lambda g: [_fmt_memory(x, m) for x, m in zip(g["memory_bytes"],
+                                                                   g["memory_measure"])],
+                     "median peak memory, labelled with what it measures (host RSS growth on "
+                     "the CPU, peak device allocation on accelerators)"),
     "$/Mtok": Column(_formatted("usd_per_mtok", lambda x: _num(x, "{:.4f}")),
                      "dollars per million tokens (cost table)"),
     "J/token": Column(_formatted("joules_per_token", lambda x: _num(x, "{:.4f}")),

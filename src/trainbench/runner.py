@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import functools
 import hashlib
 import json
 import os
@@ -18,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from trainbench import config as config_lib
-from trainbench import data, env, flops, hardware, metrics, model, registry, results, tracking
+from trainbench import (data, env, flops, hardware, memory, metrics, model, peakcache,
+                        registry, results, tracking)
 from trainbench.backend import Backend
 from trainbench.config import RunConfig
 from trainbench.errors import ConfigError
@@ -81,16 +81,8 @@ def prepare(cfg: RunConfig, model_name: str) -> Plan:
                 run_id(cfg, model_name, backend_name))
 
 
-@functools.cache
-def _cpu_peak(dtype: str) -> hardware.PeakInfo:
-    return hardware.measure_cpu_matmul_peak(dtype)
-
-
-def device_peak(backend: Backend, device: Any, compute_dtype: str) -> hardware.PeakInfo:
-    """Datasheet peak of the device; on the CPU, which has no datasheet peak here, the measured
-    matmul rate: the backend's own probe if it has one, else NumPy's."""
-    if device.kind != "cpu":
-        return hardware.resolve_peak(device.name, config_lib.PEAK_DTYPE[compute_dtype])
+def _cpu_probe(backend: Backend, compute_dtype: str) -> hardware.PeakInfo:
+    """The backend's own matmul probe if it has one, else NumPy's."""
     measured = backend.matmul_peak(compute_dtype)
     if measured is not None:
         return measured
@@ -98,7 +90,17 @@ def device_peak(backend: Backend, device: Any, compute_dtype: str) -> hardware.P
         return hardware.PeakInfo(None, compute_dtype, "", "unknown",
                                  f"no {compute_dtype} matmul probe on the CPU for this backend; "
                                  "MFU left empty")
-    return _cpu_peak(compute_dtype)
+    return hardware.measure_cpu_matmul_peak(compute_dtype)
+
+
+def device_peak(backend: Backend, device: Any, compute_dtype: str) -> hardware.PeakInfo:
+    """Datasheet peak of the device; on the CPU, which has no datasheet peak here, the measured
+    matmul rate of the backend's own framework (NumPy's for a backend without a probe), probed
+    once per machine, backend and dtype and then read from trainbench.peakcache."""
+    if device.kind != "cpu":
+        return hardware.resolve_peak(device.name, config_lib.PEAK_DTYPE[compute_dtype])
+    return peakcache.cpu_peak(backend.name, compute_dtype, type(backend).versions(),
+                              lambda: _cpu_probe(backend, compute_dtype))
 
 
 def base_record(plan: Plan) -> dict[str, Any]:
@@ -143,9 +145,11 @@ def execute(plan: Plan) -> tuple[dict[str, Any], Path | None]:
             on_step = tracking.step_logger(tracker, t.batch_size * t.seq_len, flop_count,
                                            device.count, peak.flops_per_s)
         params = model.init_params(cfg.model, cfg.seed)
+        rss = memory.RssGrowth()  # after the framework's start-up, before weights and steps
         loop = run_loop(backend, params, plan.source.batch, t.warmup_steps, t.steps,
                         on_step=on_step)
-        record.update(_measurements(cfg, backend, device, loop, flop_count, peak))
+        record.update(_measurements(cfg, backend, device, loop, flop_count, peak,
+                                    rss.result()))
         if tracker is not None and "metrics" in record:
             tracker.summary(tracking.summary_values(record["metrics"]))
     except Exception as err:  # a crash in one run is recorded, not raised: sweeps go on
@@ -164,12 +168,11 @@ def execute(plan: Plan) -> tuple[dict[str, Any], Path | None]:
 
 
 def _measurements(cfg: RunConfig, backend: Backend, device: Any, loop: Any, flop_count: int,
-                  peak: hardware.PeakInfo) -> dict[str, Any]:
+                  peak: hardware.PeakInfo, host_memory: tuple[int | None, str]) -> dict[str, Any]:
     t = cfg.train
     # MAMF (Bekman, "maximum achievable matmul FLOPS"): the measured best matmul rate of the
     # device; on the CPU the peak itself is that measurement.
     mamf = peak if peak.method == "measured" else backend.matmul_peak(cfg.precision.compute_dtype)
-    memory, memory_kind = backend.peak_memory()
     out: dict[str, Any] = {
         "status": loop.status,
         "cause": loop.cause,
@@ -189,7 +192,7 @@ def _measurements(cfg: RunConfig, backend: Backend, device: Any, loop: Any, flop
         "peak": dataclasses.asdict(peak),
         "mamf": dataclasses.asdict(mamf) if mamf is not None else
         {"flops_per_s": None, "note": f"backend {backend.name} has no matmul probe"},
-        "memory": {"peak_bytes": memory, "kind": memory_kind},
+        "memory": memory.record(device.kind, host_memory, backend.peak_memory()),
         "units": {"step_time": "s", "tokens_per_s": "tokens/s",
                   "model_tflops_per_device": "TFLOP/s", "mfu": "fraction of peak (0-1)",
                   "memory": "bytes"},

@@ -1,0 +1,110 @@
+"""How still the CPU peak probe holds: its run-to-run spread, against the shorter probe it replaced.
+
+    python scripts/bench_cpu_peak.py                          # numpy, torch, jax; 5 rounds
+    python scripts/bench_cpu_peak.py --frameworks torch --rounds 8 --json peak.json
+
+Each round runs the old probe (best of 5 x 0.2 s) and trainbench's CPU probe
+(trainbench.hardware.CPU_PROBE) once per framework, interleaved, on the same 1024 x 1024 float32
+matmul each backend uses. Per probe it prints the median peak over rounds and the run-to-run
+spread, (max - min) / median of the rounds' peaks. The JSON keeps every round, the load
+average and the core count: on a shared machine a probe measures the share of the CPU it gets,
+which is why trainbench caches the peak per machine (trainbench.peakcache).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+from typing import Callable
+
+from trainbench import hardware
+
+OLD_PROBE = hardware.ProbeSettings(n=1024, repeats=5, min_time_s=0.2)
+"""The per-run probe before trainbench cached the CPU peak."""
+
+
+def numpy_product(n: int) -> Callable[[], object]:
+    import numpy as np
+
+    a, b = np.ones((n, n), np.float32), np.ones((n, n), np.float32)
+    out = np.empty_like(a)
+    return lambda: np.matmul(a, b, out=out)
+
+
+def torch_product(n: int) -> Callable[[], object]:
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    out = torch.empty_like(a)
+    return lambda: torch.matmul(a, b, out=out)
+
+
+def jax_product(n: int) -> Callable[[], object]:
+    import jax
+    import jax.numpy as jnp
+
+    a = b = jnp.ones((n, n), jnp.float32)
+    matmul = jax.jit(jnp.matmul)
+    return lambda: matmul(a, b).block_until_ready()
+
+
+PRODUCTS = {"numpy": numpy_product, "torch": torch_product, "jax": jax_product}
+
+
+def run_to_run(peaks: list[float]) -> dict[str, float]:
+    """Median of the rounds' peaks and their spread, (max - min) / median."""
+    median = statistics.median(peaks)
+    return {"median": median, "spread": (max(peaks) - min(peaks)) / median}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frameworks", nargs="+", default=list(PRODUCTS), choices=list(PRODUCTS))
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--json", default=None, help="write the result to this JSON file")
+    args = parser.parse_args(argv)
+    if args.rounds < 2:
+        parser.error(f"--rounds {args.rounds} must be at least 2 (a spread needs two)")
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    probes = {"old": OLD_PROBE, "trainbench": hardware.CPU_PROBE}
+    products = {f: PRODUCTS[f](hardware.CPU_PROBE.n) for f in args.frameworks}
+    rounds: dict[str, dict[str, list[float]]] = {f: {p: [] for p in probes} for f in products}
+    load_start = list(os.getloadavg())
+    for r in range(args.rounds):
+        for framework, product in products.items():
+            for name, probe in probes.items():
+                peak = hardware.measured_peak(product, probe, "float32", framework, "matmul")
+                rounds[framework][name].append(peak.flops_per_s)
+        print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+    summary = {f: {p: run_to_run(v) for p, v in by_probe.items()}
+               for f, by_probe in rounds.items()}
+    for framework, by_probe in summary.items():
+        for name, s in by_probe.items():
+            settings = probes[name]
+            print(f"{framework:6} {name:10} probe ({settings.repeats} x {settings.min_time_s:g} s):"
+                  f" median {s['median'] / 1e9:7.1f} GFLOP/s, run-to-run spread "
+                  f"{100 * s['spread']:5.1f}%")
+    load_end = list(os.getloadavg())
+    print(f"load average {load_start[0]:.1f} -> {load_end[0]:.1f} on {os.cpu_count()} cores")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({
+            "schema": "trainbench.bench_cpu_peak/1",
+            "command": "python scripts/bench_cpu_peak.py " + " ".join(
+                sys.argv[1:] if argv is None else argv),
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "cpu": hardware.cpu_name(), "cpu_count": os.cpu_count(),
+            "load_avg_start": load_start, "load_avg_end": load_end,
+            "probes": {k: dataclasses.asdict(v) for k, v in probes.items()},
+            "rounds_flops_per_s": rounds, "summary": summary}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""scripts/bench_cpu_peak.py: the run-to-run spread it reports, and a short real run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from conftest import ROOT
+
+_spec = importlib.util.spec_from_file_location("bench_cpu_peak",
+                                               ROOT / "scripts" / "bench_cpu_peak.py")
+bench_cpu_peak = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench_cpu_peak)
+
+
+def test_run_to_run_spread_is_range_over_median():
+    assert bench_cpu_peak.run_to_run([90.0, 100.0, 110.0]) == {"median": 100.0, "spread": 0.2}
+
+
+def test_one_round_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        bench_cpu_peak.main(["--rounds", "1"])
+    assert "--rounds 1 must be at least 2" in capsys.readouterr().err
+
+
+def test_a_short_run_records_every_round(tmp_path, monkeypatch):
+    small = bench_cpu_peak.hardware.ProbeSettings(n=64, repeats=2, min_time_s=0.01)
+    monkeypatch.setattr(bench_cpu_peak, "OLD_PROBE", small)
+    monkeypatch.setattr(bench_cpu_peak.hardware, "CPU_PROBE", small)
+    out = tmp_path / "peak.json"
+    assert bench_cpu_peak.main(["--frameworks", "numpy", "--rounds", "2", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["rounds_flops_per_s"]["numpy"]) == {"old", "trainbench"}
+    assert all(len(v) == 2 and min(v) > 0 for v in result["rounds_flops_per_s"]["numpy"].values())
+    assert result["summary"]["numpy"]["trainbench"]["spread"] >= 0
+    assert result["cpu_count"] >= 1 and len(result["load_avg_start"]) == 3

@@ -1,0 +1,86 @@
+"""The XLA attention path against the reference attention (trainbench.ops), forward and backward,
+across query blocks, and its shape: the masked triangle is skipped and K/V heads are never
+repeated."""
+
+import math
+
+import numpy as np
+import pytest
+
+import jax
+import jax.numpy as jnp
+
+from trainbench import ops
+from trainbench.backends.jax.attention import (MAX_BLOCKS, QUERY_BLOCK, query_block,
+                                               xla_attention)
+
+# B, T, Hq, Hkv, D: one block, exactly two blocks, a ragged last block (T not a multiple of the
+# block), grouped-query (4 query heads per kv head) and plain multi-head
+SHAPES = [(2, 40, 4, 2, 16), (1, 2 * QUERY_BLOCK, 4, 1, 8), (1, 2 * QUERY_BLOCK + 44, 2, 2, 16)]
+
+
+def _inputs(B, T, Hq, Hkv, D, seed=0):
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal((B, T, Hq, D)).astype(np.float32)
+    k = rng.standard_normal((B, T, Hkv, D)).astype(np.float32)
+    v = rng.standard_normal((B, T, Hkv, D)).astype(np.float32)
+    dout = rng.standard_normal((B, T, Hq, D)).astype(np.float32)
+    return q, k, v, dout
+
+
+@pytest.mark.parametrize("B, T, Hq, Hkv, D", SHAPES)
+def test_forward_and_backward_match_the_reference_fp32(B, T, Hq, Hkv, D):
+    q, k, v, dout = _inputs(B, T, Hq, Hkv, D)
+    want, cache = ops.attention_fwd(q, k, v)
+    want_grads = ops.attention_bwd(dout, cache)
+    got, vjp = jax.vjp(jax.jit(xla_attention), q, k, v)
+    # float32, a different summation order than NumPy's: a few ulp of values of order 1
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+    for name, g, w in zip("qkv", vjp(jnp.asarray(dout)), want_grads):
+        np.testing.assert_allclose(np.asarray(g), w, rtol=1e-4, atol=1e-5, err_msg=f"d{name}")
+
+
+def _dots(fn, *args):
+    """(lhs shape, rhs shape, output shape) of every dot_general in fn's jaxpr."""
+    jaxpr = jax.make_jaxpr(fn)(*args).jaxpr
+    return [(tuple(e.invars[0].aval.shape), tuple(e.invars[1].aval.shape),
+             tuple(e.outvars[0].aval.shape))
+            for e in jaxpr.eqns if e.primitive.name == "dot_general"]
+
+
+def test_blocks_skip_the_masked_triangle_and_share_kv_heads():
+    B, T, Hq, Hkv, D = 1, 4 * QUERY_BLOCK, 8, 2, 4
+    q, k, v, _ = _inputs(B, T, Hq, Hkv, D)
+    dots = _dots(xla_attention, q, k, v)
+    blocks = T // QUERY_BLOCK
+    assert len(dots) == 2 * blocks  # scores and value product per block
+    score_elements = sum(math.prod(out) for _, _, out in dots[::2])
+    # blocks of C queries see start + C keys: (n + 1) / 2n of the square at n blocks
+    assert score_elements == B * Hq * T * T * (blocks + 1) // (2 * blocks)
+    # K and V enter every product as they are, [B, S, Hkv, D]: never repeated to Hq heads
+    assert all(any(len(x) == 4 and x[2:] == (Hkv, D) for x in (lhs, rhs))
+               for lhs, rhs, _ in dots), dots
+
+
+@pytest.mark.parametrize("T, block", [(1, QUERY_BLOCK), (QUERY_BLOCK, QUERY_BLOCK),
+                                      (MAX_BLOCKS * QUERY_BLOCK, QUERY_BLOCK),
+                                      (MAX_BLOCKS * QUERY_BLOCK + 1, 2 * QUERY_BLOCK),
+                                      (64 * QUERY_BLOCK, 8 * QUERY_BLOCK)])
+def test_long_sequences_get_larger_blocks_not_more(T, block):
+    assert query_block(T) == block and math.ceil(T / block) <= MAX_BLOCKS
+
+
+def test_a_long_sequence_traces_to_at_most_max_blocks():
+    T = 64 * QUERY_BLOCK
+    shape = jax.ShapeDtypeStruct((1, T, 2, 4), jnp.float32)
+    assert len(_dots(xla_attention, shape, shape, shape)) == 2 * MAX_BLOCKS
+
+
+def test_forward_bf16_is_within_bf16_rounding():
+    q, k, v, _ = _inputs(1, QUERY_BLOCK + 40, 4, 2, 16, seed=1)
+    want, _ = ops.attention_fwd(q, k, v)
+    got = jax.jit(xla_attention)(*[jnp.asarray(x, jnp.bfloat16) for x in (q, k, v)])
+    # inputs, probabilities and output are each rounded to bf16 (2**-9 relative): a few 1e-3 of
+    # outputs of order 1, so 3e-2 absolute bounds it with room
+    np.testing.assert_allclose(np.asarray(got.astype(jnp.float32)), want, atol=3e-2)
+    assert got.dtype == jnp.bfloat16
