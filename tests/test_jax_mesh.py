@@ -141,8 +141,10 @@ def test_data_parallel_and_fsdp_equal_one_device():
         # float32 sums reduced in another order across devices: a few ulp of losses ~5.5
         np.testing.assert_allclose(run["losses"], one["losses"], rtol=1e-5, err_msg=name)
         for key, value in run["params"].items():
-            # after 3 AdamW steps the weights (|w| <= ~1) agree to float32 rounding
-            np.testing.assert_allclose(value, one["params"][key], rtol=1e-5, atol=1e-6,
+            # after 3 AdamW steps the weights agree to a small part of one step's change: Adam
+            # normalizes every update to about lr = 1e-3, so where a gradient is near zero the
+            # reduction order's rounding moves the update by up to ~0.1% of it (seen: 1.4e-6)
+            np.testing.assert_allclose(value, one["params"][key], rtol=1e-5, atol=5e-6,
                                        err_msg=f"{name} {key}")
 
 

@@ -1,4 +1,4 @@
-"""Peak memory: one meaning per device kind, the same for every backend (DESIGN.md, "Measurement").
+"""Peak memory: one meaning per device kind, the same for every backend (docs/measurement.md).
 
 - On the CPU, where the model lives in host memory: how much the process's resident set grew at
   its peak during the run (peak RSS during build + steps - RSS before them). Measured by the core

@@ -359,7 +359,8 @@ TABLE_COLUMNS: dict[str, Column] = {
     "MAMFU": Column(_formatted("mamfu", _pct),
                     "model FLOP/s over the measured best matmul rate"),
     "memory": Column(lambda g: [_fmt_memory(x, m) for x, m in zip(g["memory_bytes"],
-                                                                   g["memory_measure"])],
+                                                                   g["memory_measure"])]
+                     if "memory_bytes" in g else ["-"] * len(g),
                      "median peak memory, labelled with what it measures (host RSS growth on "
                      "the CPU, peak device allocation on accelerators)"),
     "$/Mtok": Column(_formatted("usd_per_mtok", lambda x: _num(x, "{:.4f}")),
