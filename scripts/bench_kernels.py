@@ -9,7 +9,8 @@ Inputs are what the model passes at --model, --batch x --seq, under --dtype (bfl
 weights under torch.autocast, as the torch backend's bf16 precision runs):
   rmsnorm               x [B*T, d] and weight float32 whatever --dtype (the residual stream and
                         the parameters stay float32; autocast leaves the custom op alone)
-  rope                  q [B, T, Hq, D] in the compute dtype, cos/sin [T, D] float32
+  rope                  q [B, T, Hq, D] and k [B, T, Hkv, D] in the compute dtype (one layer's
+                        rotations: both), cos/sin [T, D] float32
   swiglu                gate, up [B*T, d_ff] in the compute dtype
   linear_cross_entropy  x [B*T, d] float32 and the head weight as the model has it: the
                         transposed view [d, V] of a float32 [V, d] parameter, under autocast
@@ -74,7 +75,7 @@ class Row:
     op: str
     impl: str
     mode: str  # "fwd" | "bwd"
-    status: str  # "ok" | "incorrect" | "skipped"
+    status: str  # "ok" | "incorrect" (failed the gate, not timed) | "skipped" | "failed"
     note: str = ""
     p20_ms: float | None = None
     p50_ms: float | None = None
@@ -126,7 +127,7 @@ def amounts(op: str, cfg: Any, B: int, T: int, compute_bytes: int) -> tuple[floa
     N, d, D = B * T, cfg.d_model, cfg.head_dim
     table: dict[str, Callable[[], tuple[float, float]]] = {
         "rmsnorm": lambda: (2 * N * d * 4, 3 * N * d * 4),  # x, y; dy, x, dx
-        "rope": lambda: (2 * N * cfg.n_heads * D * compute_bytes,) * 2,  # x, y; dy, dx
+        "rope": lambda: (2 * N * (cfg.n_heads + cfg.n_kv_heads) * D * compute_bytes,) * 2,
         "swiglu": lambda: (3 * N * cfg.d_ff * compute_bytes,  # gate, up, out
                            5 * N * cfg.d_ff * compute_bytes),  # dout, gate, up, dgate, dup
         "linear_cross_entropy": lambda: (2 * N * d * cfg.vocab, 4 * N * d * cfg.vocab),
@@ -216,7 +217,8 @@ def _cases(op: str, cfg: Any, B: int, T: int, dtype: Any) -> Case:
     if op == "rope":
         cos, sin = (torch.from_numpy(t).cuda() for t in
                     reference_ops.rope_cos_sin(T, D, cfg.rope_theta, np.float32))
-        return Case([_randn(B, T, cfg.n_heads, D, dtype=dtype)], dtype, (cos, sin))
+        return Case([_randn(B, T, cfg.n_heads, D, dtype=dtype),
+                     _randn(B, T, cfg.n_kv_heads, D, dtype=dtype)], dtype, (cos, sin))
     if op == "swiglu":
         return Case([_randn(N, cfg.d_ff, dtype=dtype), _randn(N, cfg.d_ff, dtype=dtype)], dtype)
     if op == "linear_cross_entropy":
@@ -230,7 +232,8 @@ def _cases(op: str, cfg: Any, B: int, T: int, dtype: Any) -> Case:
 
 
 def _impls(op: str, compile_peers: bool) -> dict[str, Callable[..., Any]]:
-    """Implementations of `op` with one calling convention: f(*case.tensors, *case.extra)."""
+    """Implementations of `op` with one calling convention: f(*case.tensors, *case.extra)
+    returns one tensor, or a tuple (rope: q and k)."""
     import torch
 
     from trainbench.backends.torch import native
@@ -239,9 +242,12 @@ def _impls(op: str, compile_peers: bool) -> dict[str, Callable[..., Any]]:
     def ce(fn: Callable) -> Callable:  # the model passes the head as a [d, V] view
         return lambda x, w_vd, targets: fn(x, w_vd.t(), targets)
 
+    def qk(fn: Callable) -> Callable:  # the model rotates q and k of each layer
+        return lambda q, k, cos, sin: (fn(q, cos, sin), fn(k, cos, sin))
+
     table: dict[str, dict[str, Callable]] = {
         "rmsnorm": {"triton": tk.rmsnorm, "native": native.rmsnorm},
-        "rope": {"triton": tk.rope, "native": native.rope},
+        "rope": {"triton": qk(tk.rope), "native": qk(native.rope)},
         "swiglu": {"triton": tk.swiglu, "native": native.swiglu},
         "linear_cross_entropy": {"triton": ce(tk.linear_cross_entropy),
                                  "native": ce(native.cross_entropy)},
@@ -262,9 +268,9 @@ def _liger(op: str) -> dict[str, Callable]:
     except ImportError:
         return {}
 
-    def rope(x, cos, sin):  # Liger takes q, k as [B, H, T, D] views and rotates both
-        q, _ = lf.liger_rope(x.transpose(1, 2), x[:, :, :1].transpose(1, 2), cos, sin)
-        return q.transpose(1, 2)
+    def rope(q, k, cos, sin):  # Liger takes q, k as [B, H, T, D] views, rotated in place
+        q, k = lf.liger_rope(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
+        return q.transpose(1, 2), k.transpose(1, 2)
 
     return {"rmsnorm": {"liger": lambda x, w, eps: lf.liger_rms_norm(x, w, eps, in_place=False)},
             "rope": {"liger": rope},
@@ -320,16 +326,21 @@ def _call(fn: Callable, case: Case) -> Any:
         return fn(*case.tensors, *case.extra)
 
 
-def _gate(fn: Callable, case: Case, ref: tuple[Any, ...], dy: Any) -> float:
-    """The worst relative error of fn's output and input gradients against `ref`."""
+def _outputs(fn: Callable, case: Case) -> tuple[Any, ...]:
+    out = _call(fn, case)
+    return out if isinstance(out, tuple) else (out,)
+
+
+def _gate(fn: Callable, case: Case, ref: tuple[Any, ...], dys: tuple[Any, ...]) -> float:
+    """The worst relative error of fn's outputs and input gradients against `ref`."""
     import torch
 
-    out = _call(fn, case)
-    grads = torch.autograd.grad(out, case.grads_of(), dy)
-    return max(relative_error(g, r) for g, r in zip((out, *grads), ref))
+    outs = _outputs(fn, case)
+    grads = torch.autograd.grad(outs, case.grads_of(), dys)
+    return max(relative_error(g, r) for g, r in zip((*outs, *grads), ref, strict=True))
 
 
-def _reference(native: Callable, case: Case, dy: Any) -> tuple[Any, ...]:
+def _reference(native: Callable, case: Case, dys: tuple[Any, ...]) -> tuple[Any, ...]:
     """The native op in float32 (float64 for float32 inputs), no autocast, on the same values."""
     import torch
 
@@ -337,9 +348,11 @@ def _reference(native: Callable, case: Case, dy: Any) -> tuple[Any, ...]:
     up = [t.detach().to(hi).requires_grad_(t.requires_grad) for t in case.tensors]
     extra = tuple(e.to(hi) if torch.is_tensor(e) and e.is_floating_point() else e
                   for e in case.extra)
-    out = native(*up, *extra)
-    grads = torch.autograd.grad(out, [t for t in up if t.requires_grad], dy.to(hi))
-    return (out, *grads)
+    outs = native(*up, *extra)
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    grads = torch.autograd.grad(outs, [t for t in up if t.requires_grad],
+                                tuple(d.to(hi) for d in dys))
+    return (*outs, *grads)
 
 
 def _time(fn: Callable[[], Any], cudagraph: bool, grad_to_none: list[Any]
@@ -357,15 +370,29 @@ def _time(fn: Callable[[], Any], cudagraph: bool, grad_to_none: list[Any]
                                    return_mode="all"), "events"
 
 
-def _peak_memory(fn: Callable[[], Any], dy: Any) -> int:
+def _peak_memory(fn: Callable[[], tuple[Any, ...]], dys: tuple[Any, ...]) -> int:
     import torch
 
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
-    fn().backward(dy)
+    torch.autograd.backward(fn(), dys)
     torch.cuda.synchronize()
     return torch.cuda.max_memory_allocated() - base
+
+
+def _measure(fn: Callable, case: Case, dys: tuple[Any, ...], memory_bound: bool
+             ) -> tuple[int, dict[str, tuple[list[float], str]]]:
+    """Peak memory of one forward + backward, and the timing samples of each."""
+    import torch
+
+    peak = _peak_memory(lambda: _outputs(fn, case), dys)
+    outs = _outputs(fn, case)  # the forward the timed backward runs through, again and again
+    grads = case.grads_of()
+    fwd = _time(lambda: _call(fn, case), memory_bound, grads)
+    bwd = _time(lambda: torch.autograd.backward(outs, dys, retain_graph=True), memory_bound,
+                grads)
+    return peak, {"fwd": fwd, "bwd": bwd}
 
 
 def bench_op(op: str, cfg: Any, B: int, T: int, dtype: Any, ceilings: Ceilings,
@@ -376,9 +403,8 @@ def bench_op(op: str, cfg: Any, B: int, T: int, dtype: Any, ceilings: Ceilings,
     saved = [t.detach().clone() for t in case.tensors]
     impls = _impls(op, compile_peers)
     with torch.no_grad():
-        probe = _call(impls["native"], case)
-    dy = torch.randn_like(probe, dtype=probe.dtype)
-    ref = _reference(impls["native"], case, dy)
+        dys = tuple(torch.randn_like(o) for o in _outputs(impls["native"], case))
+    ref = _reference(impls["native"], case, dys)
     tol = TOLERANCE["float32" if case.compute == torch.float32 else "16-bit"]
     fwd_amount, bwd_amount = amounts(op, cfg, B, T, torch.finfo(case.compute).bits // 8)
     memory_bound = op in MEMORY_BOUND
@@ -386,28 +412,31 @@ def bench_op(op: str, cfg: Any, B: int, T: int, dtype: Any, ceilings: Ceilings,
     for name, fn in impls.items():
         case.restore(saved)
         try:
-            err = _gate(fn, case, ref, dy)
+            err = _gate(fn, case, ref, dys)
         except Exception as e:  # noqa: BLE001 -- a peer that cannot run these inputs
-            note = " ".join(f"{type(e).__name__}: {e}".split())[:300]
-            rows += [Row(op, name, mode, "skipped", note) for mode in ("fwd", "bwd")]
+            rows += [Row(op, name, mode, "skipped", _why(e)) for mode in ("fwd", "bwd")]
             continue
         if not err <= tol:
             rows += [Row(op, name, mode, "incorrect", f"max err {err:.3g} > {tol:g}",
                          max_err=err) for mode in ("fwd", "bwd")]
             continue
-        peak = _peak_memory(lambda: _call(fn, case), dy)
-        out = _call(fn, case)
-        grads = case.grads_of()
-        timings = {"fwd": _time(lambda: _call(fn, case), memory_bound, grads),
-                   "bwd": _time(lambda: out.backward(dy, retain_graph=True), memory_bound, grads)}
+        try:
+            peak, timings = _measure(fn, case, dys, memory_bound)
+        except Exception as e:  # noqa: BLE001 -- recorded; the other implementations go on
+            rows += [Row(op, name, mode, "failed", _why(e), max_err=err)
+                     for mode in ("fwd", "bwd")]
+            continue
         for mode, amount in (("fwd", fwd_amount), ("bwd", bwd_amount)):
             samples, timer = timings[mode]
             p20, p50, p80 = quantile_times(samples)
             rate, unit, frac_m, frac_d = rate_and_fractions(amount, p50, memory_bound, ceilings)
             rows.append(Row(op, name, mode, "ok", "", p20, p50, p80, timer, len(samples), amount,
                             unit, rate, frac_m, frac_d, peak, err))
-        del out
     return rows
+
+
+def _why(e: Exception) -> str:
+    return " ".join(f"{type(e).__name__}: {e}".split())[:300]
 
 
 def measure_ceilings(dtype_name: str, device_name: str) -> Ceilings:

@@ -114,7 +114,7 @@ def test_amounts_per_op() -> None:
     mod, cfg = _module(), model.preset("tiny")  # d 64, d_ff 176, 4 heads of 16, vocab 256
     B, T, N = 2, 32, 64
     assert mod.amounts("rmsnorm", cfg, B, T, 2) == (2 * N * 64 * 4, 3 * N * 64 * 4)
-    assert mod.amounts("rope", cfg, B, T, 2) == (2 * N * 4 * 16 * 2,) * 2
+    assert mod.amounts("rope", cfg, B, T, 2) == (2 * N * (4 + 2) * 16 * 2,) * 2  # q and k
     assert mod.amounts("swiglu", cfg, B, T, 4) == (3 * N * 176 * 4, 5 * N * 176 * 4)
     assert mod.amounts("linear_cross_entropy", cfg, B, T, 2) == (2 * N * 64 * 256,
                                                                  4 * N * 64 * 256)
