@@ -285,8 +285,9 @@ if __name__ == "__main__":
             compare(f"{op} under autocast, result {i}", got, ref, nat)
 
     def check_flash_attention(c: Case, size: str) -> None:
-        # (B, T, Hq, Hkv, D, causal, scale). Tiles (query x key), 16-bit: forward 128 x 64,
-        # dK/dV 64 x 128, dQ 128 x 64; float32: 64 x 64, 32 x 64, 64 x 32. Each loop runs its
+        # (B, T, Hq, Hkv, D, causal, scale). Default tiles (query x key) for D <= 64, 16-bit:
+        # forward 128 x 64, dK/dV 64 x 128, dQ 128 x 64; float32: 64 x 64, 32 x 64, 64 x 32
+        # (D = 128 takes smaller ones: attention.py's _TILES). Each loop runs its
         # unmasked blocks (left of the diagonal, or whole blocks when not causal) apart from the
         # masked ones (the diagonal and the ragged tail): T=37..150 have a ragged last block;
         # T=256 is a multiple of every tile, so there is no tail and the masked loops see only

@@ -31,7 +31,7 @@ tl.dot cannot read bfloat16, the same products formed in float32).
 Tiles: on a GPU each kernel is autotuned (triton.autotune, keyed on T, D, causality and precision)
 over the small candidate sets in _TILES; in the interpreter the first candidate runs, so results
 stay deterministic. Backward tiles follow FlexAttention's Hopper defaults, 64 x 128 (query x key)
-for dK/dV and 128 x 64 for dQ; float32 tiles are half as tall so they take the same shared memory.
+for dK/dV and 128 x 64 for dQ, where they do not spill (see _TILES); float32 tiles are smaller.
 """
 
 from __future__ import annotations
@@ -316,30 +316,34 @@ def _attn_bwd_dq(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
              mask=row_ok[:, None])
 
 
-# Autotune candidates per (kernel, element bytes of q): (BLOCK_M, BLOCK_N, num_stages); the
-# first is the default (and the interpreter's). num_warps follows the head dim (_warps).
+# Autotune candidates per (kernel, element bytes of q, D > 64):
+# (BLOCK_M, BLOCK_N, num_warps, num_stages); the first is the default (and the interpreter's).
 # Forward 128 x 64 and the backward's 64 x 128 (dK/dV) and 128 x 64 (dQ) are FlexAttention's
-# Hopper defaults (torch/_inductor/kernel/flex_attention.py); float32 halves BLOCK_M.
-_TILES: dict[tuple[str, int], list[tuple[int, int, int]]] = {
-    ("fwd", 2): [(128, 64, 3), (128, 128, 2), (64, 64, 3)],
-    ("fwd", 4): [(64, 64, 2), (64, 32, 3), (32, 32, 3)],
-    ("dkdv", 2): [(64, 128, 2), (32, 128, 2), (64, 64, 3)],
-    ("dkdv", 4): [(32, 64, 2), (32, 32, 2), (16, 64, 2)],
-    ("dq", 2): [(128, 64, 2), (64, 64, 3), (128, 32, 3)],
-    ("dq", 4): [(64, 32, 2), (32, 32, 2), (64, 16, 2)],
+# Hopper defaults (torch/_inductor/kernel/flex_attention.py); float32 halves the tiles. At
+# D = 128 the dK/dV program keeps two [BLOCK_N, 128] float32 accumulators in registers, and a
+# 128-key tile spills on sm_90a even with 16 warps (scripts/compile_kernels.py), so it takes 64
+# keys; float32 (IEEE products, no tensor cores) takes tiles that do not spill there either.
+_TILES: dict[tuple[str, int, bool], list[tuple[int, int, int, int]]] = {
+    ("fwd", 2, False): [(128, 64, 4, 3), (128, 128, 8, 2), (64, 64, 4, 3)],
+    ("fwd", 2, True): [(128, 64, 8, 3), (64, 64, 8, 3)],
+    ("fwd", 4, False): [(64, 64, 4, 2), (64, 32, 4, 3), (32, 32, 4, 3)],
+    ("fwd", 4, True): [(32, 16, 8, 3), (32, 32, 8, 2)],
+    ("dkdv", 2, False): [(64, 128, 8, 2), (32, 128, 8, 2), (64, 64, 4, 3)],
+    ("dkdv", 2, True): [(32, 64, 8, 2), (64, 64, 8, 2)],
+    ("dkdv", 4, False): [(32, 64, 4, 2), (32, 32, 4, 2), (16, 64, 4, 2)],
+    ("dkdv", 4, True): [(16, 64, 8, 2), (16, 32, 8, 2)],
+    ("dq", 2, False): [(128, 64, 8, 2), (64, 64, 4, 3), (128, 32, 4, 3)],
+    ("dq", 2, True): [(128, 64, 8, 2), (64, 64, 8, 3)],
+    ("dq", 4, False): [(64, 32, 4, 2), (32, 32, 4, 2), (64, 16, 4, 2)],
+    ("dq", 4, True): [(32, 32, 8, 2), (64, 16, 8, 2)],
 }
 _KERNELS = {"fwd": _attn_fwd, "dkdv": _attn_bwd_dkdv, "dq": _attn_bwd_dq}
 
 
-def _warps(head_dim: int) -> int:
-    """8 warps for D = 128 (the float32 accumulators would spill with 4), else 4."""
-    return 8 if head_dim > 64 else 4
-
-
 def candidates(kernel: str, elem_bytes: int, head_dim: int) -> list[triton.Config]:
     """The autotune candidates of one kernel ("fwd", "dkdv", "dq"); the first is the default."""
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=_warps(head_dim),
-                          num_stages=s) for m, n, s in _TILES[kernel, elem_bytes]]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+            for m, n, w, s in _TILES[kernel, elem_bytes, head_dim > 64]]
 
 
 def _prune(kernel: str) -> Callable[..., list[triton.Config]]:
