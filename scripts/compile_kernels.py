@@ -37,9 +37,11 @@ Set TRITON_CACHE_DIR to keep Triton's compile cache elsewhere than ~/.triton.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import io
 import json
+import multiprocessing
 import os
 import re
 import subprocess
@@ -357,6 +359,31 @@ def compile_variant(variant: Variant, arch: str, target: dict[str, Any]) -> list
     return [Row(**dict(asdict(row), convention=c)) for c in variant.conventions]
 
 
+_JOBS: list[tuple[Variant, str, dict[str, Any]]] = []  # read by forked workers (JITFunctions
+#                                                       do not pickle; an index does)
+
+
+def _compile_job(i: int) -> list[Row]:
+    variant, arch, target = _JOBS[i]
+    print(f"[{i + 1}/{len(_JOBS)}] {arch} {variant.launch.kernel} {variant.dtype} "
+          f"{'+'.join(variant.conventions)} [{variant.launch.config()}]", file=sys.stderr,
+          flush=True)
+    return compile_variant(variant, arch, target)
+
+
+def compile_all(variants: list[Variant], arches: dict[str, dict[str, Any]], jobs: int
+                ) -> list[Row]:
+    """Rows of every variant on every arch, in that order; `jobs` forked processes."""
+    _JOBS[:] = [(v, arch, target) for arch, target in arches.items() for v in variants]
+    if jobs <= 1:
+        results = [_compile_job(i) for i in range(len(_JOBS))]
+    else:
+        ctx = multiprocessing.get_context("fork")
+        with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
+            results = list(pool.map(_compile_job, range(len(_JOBS))))
+    return [r for rows in results for r in rows]
+
+
 def failures(rows: list[Row]) -> list[str]:
     """One line per row that failed to compile or needs more shared memory than its arch has."""
     out = []
@@ -434,6 +461,13 @@ def markdown(rows: list[Row], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _command(argv: list[str]) -> str:
+    """The command line that made the table, without where its outputs went."""
+    kept = [a for i, a in enumerate(argv) if a not in ("--json", "--markdown")
+            and (i == 0 or argv[i - 1] not in ("--json", "--markdown"))]
+    return " ".join(["python scripts/compile_kernels.py", *kept])
+
+
 def main(argv: list[str] | None = None) -> int:
     arches = targets()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -448,6 +482,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="compile only these kernels (e.g. _attn_fwd); default: all")
     parser.add_argument("--first-candidate", action="store_true",
                         help="of an autotuned kernel, compile only the default (first) candidate")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="compile in this many processes (ptxas is single-threaded)")
     parser.add_argument("--json", default=None, help="write one JSON object per row here")
     parser.add_argument("--markdown", default=None, help="write the table as Markdown here")
     args = parser.parse_args(argv)
@@ -462,22 +498,17 @@ def main(argv: list[str] | None = None) -> int:
                 and set(v.conventions) & set(args.conventions)
                 and not (args.first_candidate
                          and v.launch.candidate.split("/")[0] not in ("", "1"))]
-    rows = []
-    for i, (arch, v) in enumerate((a, v) for a in chosen for v in variants):
-        print(f"[{i + 1}/{len(chosen) * len(variants)}] {arch} {v.launch.kernel} {v.dtype} "
-              f"{'+'.join(v.conventions)} [{v.launch.config()}]", file=sys.stderr, flush=True)
-        rows += compile_variant(v, arch, arches[arch])
+    rows = compile_all(variants, {a: arches[a] for a in chosen}, args.jobs)
     print_table(rows)
-    command = "python scripts/compile_kernels.py " + " ".join(sys.argv[1:] if argv is None
-                                                               else argv)
+    command = _command(sys.argv[1:] if argv is None else argv)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"command": command.strip(), "triton": triton.__version__,
+            json.dump({"command": command, "triton": triton.__version__,
                        "torch": torch.__version__, "targets": {a: arches[a] for a in chosen},
                        "rows": [asdict(r) for r in rows]}, f, indent=1)
     if args.markdown:
         with open(args.markdown, "w") as f:
-            f.write(markdown(rows, command.strip()))
+            f.write(markdown(rows, command))
     bad = failures(rows)
     spills = sum(1 for r in rows if r.spill_bytes)
     print(f"{len(rows)} variants compiled, {len(bad)} failed, {spills} spill")

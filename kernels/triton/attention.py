@@ -28,9 +28,10 @@ block). Float32 inputs use TF32 tensor-core products when torch.get_float32_matm
 does; 16-bit inputs use tensor-core products with float32 accumulation (in the interpreter, whose
 tl.dot cannot read bfloat16, the same products formed in float32).
 
-Tiles: on a GPU each kernel is autotuned (triton.autotune, keyed on T, D, causality and precision)
-over the small candidate sets in _TILES; in the interpreter the first candidate runs, so results
-stay deterministic. Backward tiles follow FlexAttention's Hopper defaults, 64 x 128 (query x key)
+Head counts (Hq, Hkv, GROUP) are not specialized on (do_not_specialize): they only index, so one
+compiled kernel serves every model of a head dim. Tiles: on a GPU each kernel is autotuned
+(triton.autotune, keyed on T, D, causality and precision) over the small candidate sets in
+_TILES; in the interpreter the first candidate runs, so results stay deterministic. Backward tiles follow FlexAttention's Hopper defaults, 64 x 128 (query x key)
 for dK/dV and 128 x 64 for dQ, where they do not spill (see _TILES); float32 tiles are smaller.
 """
 
@@ -98,7 +99,7 @@ def _fwd_blocks(acc, l_i, m_i, q, k_ptr, v_ptr, s_kt, T, start_m, lo, hi, qk_sca
     return acc, l_i, m_i
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["Hq", "GROUP"])
 def _attn_fwd(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, T, Hq, GROUP, qk_scale,
               s_qb, s_qt, s_qh, s_kb, s_kt, s_kh,
               CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -136,7 +137,7 @@ def _attn_fwd(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, T, Hq, GROUP, qk_scale,
     tl.store(stat + offs_m, m_i + tl.log2(l_i), mask=row_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["Hq"])
 def _attn_bwd_delta(o_ptr, do_ptr, delta_ptr, T, Hq, s_qb, s_qt, s_qh,
                     BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr):
     start_m = tl.program_id(0) * BLOCK_M
@@ -193,7 +194,7 @@ def _dkdv_blocks(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, s_qt, T, start
     return dk, dv
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["Hq", "Hkv", "GROUP"])
 def _attn_bwd_dkdv(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
                    T, Hq, Hkv, GROUP, scale, qk_scale,
                    s_qb, s_qt, s_qh, s_kb, s_kt, s_kh,
@@ -276,7 +277,7 @@ def _dq_blocks(dq, q, do, lse, delta, k_ptr, v_ptr, s_kt, T, start_m, lo, hi, qk
     return dq
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["Hq", "GROUP"])
 def _attn_bwd_dq(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
                  T, Hq, GROUP, scale, qk_scale,
                  s_qb, s_qt, s_qh, s_kb, s_kt, s_kh,
