@@ -51,6 +51,7 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
+DEVICE = "cuda"
 QUANTILES = (0.2, 0.5, 0.8)
 MEMORY_BOUND = ("rmsnorm", "rope", "swiglu")
 TOLERANCE = {"16-bit": 2e-2, "float32": 1e-3}  # max |err| / max |ref|, see the docstring
@@ -179,7 +180,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def _randn(*shape: int, dtype: Any, std: float = 1.0) -> Any:
     import torch
 
-    return (torch.randn(shape, device="cuda", dtype=torch.float32) * std).to(dtype) \
+    return (torch.randn(shape, device=DEVICE, dtype=torch.float32) * std).to(dtype) \
         .requires_grad_(True)
 
 
@@ -215,7 +216,7 @@ def _cases(op: str, cfg: Any, B: int, T: int, dtype: Any) -> Case:
         return Case([_randn(N, cfg.d_model, dtype=f32), _randn(cfg.d_model, dtype=f32)], f32,
                     (cfg.norm_eps,))
     if op == "rope":
-        cos, sin = (torch.from_numpy(t).cuda() for t in
+        cos, sin = (torch.from_numpy(t).to(DEVICE) for t in
                     reference_ops.rope_cos_sin(T, D, cfg.rope_theta, np.float32))
         return Case([_randn(B, T, cfg.n_heads, D, dtype=dtype),
                      _randn(B, T, cfg.n_kv_heads, D, dtype=dtype)], dtype, (cos, sin))
@@ -224,7 +225,7 @@ def _cases(op: str, cfg: Any, B: int, T: int, dtype: Any) -> Case:
     if op == "linear_cross_entropy":
         x = _randn(N, cfg.d_model, dtype=f32)
         w_vd = _randn(cfg.vocab, cfg.d_model, dtype=f32, std=cfg.d_model ** -0.5)
-        targets = torch.randint(0, cfg.vocab, (N,), device="cuda")
+        targets = torch.randint(0, cfg.vocab, (N,), device=DEVICE)
         return Case([x, w_vd], dtype, (targets,), None if dtype == f32 else dtype)
     return Case([_randn(B, T, cfg.n_heads, D, dtype=dtype),
                  _randn(B, T, cfg.n_kv_heads, D, dtype=dtype),
@@ -307,7 +308,7 @@ def _attention_peers(compile_peers: bool) -> dict[str, Callable]:
 
         @functools.cache
         def causal_mask(T: int) -> Any:  # built once per length, outside the timed calls
-            return create_block_mask(lambda b, h, i, j: i >= j, None, None, T, T, device="cuda")
+            return create_block_mask(lambda b, h, i, j: i >= j, None, None, T, T, device=DEVICE)
 
         peers["flex"] = bhtd(lambda q, k, v: flex(q, k, v, block_mask=causal_mask(q.shape[2]),
                                                   enable_gqa=True))
@@ -322,7 +323,7 @@ def _attention_peers(compile_peers: bool) -> dict[str, Callable]:
 def _call(fn: Callable, case: Case) -> Any:
     import torch
 
-    with torch.autocast("cuda", dtype=case.autocast, enabled=case.autocast is not None):
+    with torch.autocast(DEVICE, dtype=case.autocast, enabled=case.autocast is not None):
         return fn(*case.tensors, *case.extra)
 
 
@@ -411,8 +412,9 @@ def bench_op(op: str, cfg: Any, B: int, T: int, dtype: Any, ceilings: Ceilings,
     rows = []
     for name, fn in impls.items():
         case.restore(saved)
+        fresh = tuple(d.clone() for d in dys)  # Liger's backward overwrites dy in place
         try:
-            err = _gate(fn, case, ref, dys)
+            err = _gate(fn, case, ref, fresh)
         except Exception as e:  # noqa: BLE001 -- a peer that cannot run these inputs
             rows += [Row(op, name, mode, "skipped", _why(e)) for mode in ("fwd", "bwd")]
             continue
@@ -421,7 +423,7 @@ def bench_op(op: str, cfg: Any, B: int, T: int, dtype: Any, ceilings: Ceilings,
                          max_err=err) for mode in ("fwd", "bwd")]
             continue
         try:
-            peak, timings = _measure(fn, case, dys, memory_bound)
+            peak, timings = _measure(fn, case, tuple(d.clone() for d in dys), memory_bound)
         except Exception as e:  # noqa: BLE001 -- recorded; the other implementations go on
             rows += [Row(op, name, mode, "failed", _why(e), max_err=err)
                      for mode in ("fwd", "bwd")]
@@ -447,10 +449,10 @@ def measure_ceilings(dtype_name: str, device_name: str) -> Ceilings:
     from trainbench import hardware
 
     n = 8192
-    a, b = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    a, b = (torch.randn(n, n, device=DEVICE, dtype=torch.bfloat16) for _ in range(2))
     gemm_ms = triton.testing.do_bench(lambda: a @ b, warmup=25, rep=200, return_mode="median")
     del a, b
-    src = torch.empty(2 ** 30, device="cuda", dtype=torch.uint8)
+    src = torch.empty(2 ** 30, device=DEVICE, dtype=torch.uint8)
     dst = torch.empty_like(src)
     copy_ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=25, rep=200,
                                       return_mode="median")

@@ -3,6 +3,7 @@
     python scripts/compile_kernels.py                                  # sm_80, sm_90a, sm_100a
     python scripts/compile_kernels.py --arch sm_90a --json out.json --markdown out.md
     python scripts/compile_kernels.py --presets tiny llama3_8b --dtypes bfloat16 --ops rmsnorm
+    python scripts/compile_kernels.py --ops flash_attention --kernels _attn_fwd --jobs 2
 
 Triton needs no GPU to compile: triton.compile(ASTSource(...), target=GPUTarget("cuda", cc, 32))
 produces PTX and a cubin here, and the ptxas inside the triton wheel reports registers, spills
@@ -122,8 +123,8 @@ class _Recorder:
     def jit_run(self, fn: JITFunction, *args: Any, grid: Any, warmup: bool, **kwargs: Any) -> None:
         binder = create_function_from_signature(fn.signature, fn.params, self.backend)
         bound, specialization, options = binder(*args, **kwargs)
-        options, signature, constexprs, attrs = fn._pack_args(self.backend, kwargs, bound,
-                                                              specialization, options)
+        _, signature, constexprs, attrs = fn._pack_args(self.backend, kwargs, bound,
+                                                        specialization, options)
         launch_options = {k: v for k, v in kwargs.items() if k not in fn.arg_names}
         self.launches.append(Launch(fn.__name__, fn, signature, constexprs, attrs,
                                     launch_options, self._candidate))

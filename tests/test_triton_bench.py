@@ -2,8 +2,11 @@
 
 What the CPU checks: the refusal (exit 1, before any work) with the exact flags the GPU campaign
 passes, argument errors (exit 2), the percentile, rate and fraction arithmetic, the amounts
-(bytes, FLOPs) per op, and the JSON record's schema as pandas reads it. On a GPU the script
-itself runs on the tiny preset and its record is checked. Timing figures are never asserted.
+(bytes, FLOPs) per op, the JSON record's schema as pandas reads it, and the per-op protocol
+itself (inputs, peers, correctness gate, forward and backward callables) run on the CPU in
+Triton's interpreter with the timer and the memory probe replaced by stubs, in a fresh process
+(`python tests/test_triton_bench.py OP DTYPE`, as tests/test_triton_kernels.py does). On a GPU the
+script itself runs on the tiny preset and its record is checked. Timing is never asserted.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -124,6 +128,18 @@ def test_amounts_per_op() -> None:
         mod.amounts("gelu", cfg, B, T, 2)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("op", ["rmsnorm", "rope", "swiglu", "linear_cross_entropy",
+                                "flash_attention"])
+def test_protocol_gates_and_runs_every_op_on_the_cpu(op: str, dtype: str) -> None:
+    env = {k: v for k, v in os.environ.items()}
+    env["TRITON_INTERPRET"] = "1"
+    proc = subprocess.run([sys.executable, __file__, op, dtype], capture_output=True, text=True,
+                          timeout=900, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
+
+
 def test_record_schema_reads_as_one_row_per_op_impl_mode() -> None:
     mod = _module()
     ceilings = mod.Ceilings(1e15, 3e12, 989.5e12, 3.35e12)
@@ -139,3 +155,51 @@ def test_record_schema_reads_as_one_row_per_op_impl_mode() -> None:
     for column in ("op", "impl", "mode", "status", "p20_ms", "p50_ms", "p80_ms", "timer", "rate",
                    "unit", "frac_measured", "frac_datasheet", "peak_mem_bytes", "max_err"):
         assert column in df.columns, column
+
+
+# --- the protocol on the CPU, run in the subprocess -----------------------------------------------
+
+if __name__ == "__main__":
+    os.environ["TRITON_INTERPRET"] = "1"  # before torch/triton are imported
+
+    import torch
+
+    from trainbench import model
+
+    bench = _module()
+    bench.DEVICE = "cpu"
+    timed: list[str] = []
+
+    def stub_time(fn, cudagraph: bool, grad_to_none: list) -> tuple[list[float], str]:
+        fn()
+        fn()  # what is timed must be callable again and again (retain_graph)
+        timed.append("cudagraph" if cudagraph else "events")
+        return [1.0, 2.0, 3.0, 4.0, 5.0], "stub"
+
+    bench._time = stub_time
+    bench._peak_memory = lambda fn, dys: torch.autograd.backward(fn(), dys) or 0
+    real_impls = bench._impls
+
+    def with_a_wrong_peer(op: str, compile_peers: bool) -> dict:
+        impls = real_impls(op, compile_peers)
+        native = impls["native"]
+
+        def wrong(*args):  # 10% off: the gate must refuse to time it
+            out = native(*args)
+            return tuple(1.1 * o for o in out) if isinstance(out, tuple) else 1.1 * out
+        return {**impls, "wrong": wrong}
+
+    bench._impls = with_a_wrong_peer
+    op, dtype = sys.argv[1], getattr(torch, sys.argv[2])
+    ceilings = bench.Ceilings(1e12, 1e11, None, None)
+    rows = bench.bench_op(op, model.preset("tiny"), 2, 40, dtype, ceilings, compile_peers=False)
+    for r in rows:
+        print(r.op, r.impl, r.mode, r.status, r.max_err, r.note[:200])
+    status = {(r.impl, r.mode): r.status for r in rows}
+    for impl in ("triton", "native"):
+        assert status[impl, "fwd"] == status[impl, "bwd"] == "ok", (impl, status)
+    assert status["wrong", "fwd"] == "incorrect", status
+    ok = [r for r in rows if r.status == "ok"]
+    assert all(r.p50_ms == 3.0 and r.samples == 5 and r.rate > 0 for r in ok)
+    assert set(timed) == {"cudagraph" if op in bench.MEMORY_BOUND else "events"}
+    print("ok")
