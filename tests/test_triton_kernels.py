@@ -318,10 +318,16 @@ if __name__ == "__main__":
             compare(f"{op} under autocast, result {i}", got, ref, nat)
 
     def check_flash_attention(c: Case, size: str) -> None:
-        # (B, T, Hq, Hkv, D, causal, scale): no T is a multiple of the tiles (16-bit: 128 rows
-        # forward, 64 backward; float32: 64 and 32), so every shape has a ragged last block
+        # (B, T, Hq, Hkv, D, causal, scale). Default tiles (query x key) for D <= 64, 16-bit:
+        # forward 128 x 64, dK/dV 64 x 128, dQ 128 x 64; float32: 64 x 64, 32 x 64, 64 x 32
+        # (D = 128 takes smaller ones: attention.py's _TILES). Each loop runs its
+        # unmasked blocks (left of the diagonal, or whole blocks when not causal) apart from the
+        # masked ones (the diagonal and the ragged tail): T=37..150 have a ragged last block;
+        # T=256 is a multiple of every tile, so there is no tail and the masked loops see only
+        # the diagonal; T=200 not causal runs whole blocks then a tail in every kernel
         shapes = {"small": [(2, 37, 4, 2, 16, True, None), (1, 150, 4, 2, 64, True, None),
-                            (1, 70, 2, 1, 128, False, 0.2), (1, 130, 2, 2, 32, False, None)],
+                            (1, 70, 2, 1, 128, False, 0.2), (1, 130, 2, 2, 32, False, None),
+                            (1, 256, 2, 1, 16, True, None), (1, 200, 2, 2, 16, False, None)],
                   "large": [(2, 300, 8, 2, 128, True, None), (1, 513, 4, 4, 64, True, None),
                             (2, 200, 6, 3, 64, False, None)]}
         check_dense_attention_matches_ops(c)

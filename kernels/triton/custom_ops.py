@@ -24,7 +24,8 @@ def _fwd_fake(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, s
 @define_op("flash_attention_fwd", _fwd_fake)
 def _fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float
          ) -> tuple[torch.Tensor, torch.Tensor]:
-    return attention.forward(q, k, v, causal, scale)
+    return attention.flash_attention_forward(q.contiguous(), k.contiguous(), v.contiguous(),
+                                             causal, scale)
 
 
 def _bwd_fake(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
@@ -37,7 +38,8 @@ def _bwd_fake(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor
 def _bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
          do: torch.Tensor, causal: bool, scale: float
          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return attention.backward(q, k, v, o, lse, do, causal, scale)
+    return attention.flash_attention_backward(q.contiguous(), k.contiguous(), v.contiguous(),
+                                              o.contiguous(), lse, do.contiguous(), causal, scale)
 
 
 def _setup_context(ctx, inputs: tuple, output: tuple) -> None:
