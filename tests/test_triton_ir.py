@@ -4,7 +4,7 @@ to its IR for an NVIDIA target (here Hopper, GPUTarget("cuda", 90, 32)) without 
   - float scalars: Inductor passes a Python float to a user Triton kernel as fp64
     (torch/_inductor/codegen/triton_utils.py). Compiled with every float argument typed fp64,
     a kernel may convert each one to f32 once and must do no other f64 arithmetic.
-  - int64 element offsets: every pointer into an activation-sized tensor (which may hold more
+  - int64 element offsets (every kernel, flash attention included): every pointer into an activation-sized tensor (which may hold more
     than 2**31 elements) is first moved by a scalar int64 offset (tt.addptr %ptr, %base : i64)
     and never indexed directly by the int32 per-element offsets.
   - num_warps by row width (Liger-Kernel's rule) for RMSNorm and RoPE at the presets' widths.
@@ -34,6 +34,12 @@ EXPECT = {
     "swiglu_fwd": ((), ("a_ptr", "b_ptr", "out_ptr")),
     "swiglu_bwd": ((), ("dout_ptr", "a_ptr", "b_ptr", "da_ptr", "db_ptr")),
     "cross_entropy_rows": ((), ("logits_ptr",)),
+    "attention_fwd": (("qk_scale",), ("q_ptr", "k_ptr", "v_ptr", "o_ptr", "lse_ptr")),
+    "attention_bwd_delta": ((), ("o_ptr", "do_ptr", "delta_ptr")),
+    "attention_bwd_dkdv": (("scale", "qk_scale"), ("q_ptr", "k_ptr", "v_ptr", "do_ptr",
+                                                   "lse_ptr", "delta_ptr", "dk_ptr", "dv_ptr")),
+    "attention_bwd_dq": (("scale", "qk_scale"), ("q_ptr", "k_ptr", "v_ptr", "do_ptr", "lse_ptr",
+                                                 "delta_ptr", "dq_ptr")),
 }
 
 
@@ -100,6 +106,7 @@ if __name__ == "__main__":
     rope = importlib.import_module("trainbench.kernels.triton.rope")
     swiglu = importlib.import_module("trainbench.kernels.triton.swiglu")
     cross_entropy = importlib.import_module("trainbench.kernels.triton.cross_entropy")
+    attention = importlib.import_module("trainbench.kernels.triton.attention")
 
     TARGET = GPUTarget("cuda", 90, 32)
 
@@ -155,6 +162,28 @@ if __name__ == "__main__":
                                  "inv_n_ptr": f32, "V": i32, "stride_row": i32,
                                  "ignore_index": i32},
         {"WRITE_GRAD": True, "BLOCK_V": cross_entropy._BLOCK_V}, 4)
+    # flash attention at its default (first autotune) tiles, bf16, causal, head dim 128
+    strides = {name: i32 for name in ("s_qb", "s_qt", "s_qh", "s_kb", "s_kt", "s_kh")}
+    meta = {"CAUSAL": True, "HEAD_DIM": D, "PRECISION": "tf32", "UPCAST": False}
+    for name, kernel, args in (
+            ("attention_fwd", "fwd", {"q_ptr": bf16, "k_ptr": bf16, "v_ptr": bf16, "o_ptr": bf16,
+                                      "lse_ptr": f32, "T": i32, "Hq": i32, "GROUP": i32,
+                                      "qk_scale": "fp64"}),
+            ("attention_bwd_dkdv", "dkdv", {
+                "q_ptr": bf16, "k_ptr": bf16, "v_ptr": bf16, "do_ptr": bf16, "lse_ptr": f32,
+                "delta_ptr": f32, "dk_ptr": bf16, "dv_ptr": bf16, "T": i32, "Hq": i32,
+                "Hkv": i32, "GROUP": i32, "scale": "fp64", "qk_scale": "fp64"}),
+            ("attention_bwd_dq", "dq", {
+                "q_ptr": bf16, "k_ptr": bf16, "v_ptr": bf16, "do_ptr": bf16, "lse_ptr": f32,
+                "delta_ptr": f32, "dq_ptr": bf16, "T": i32, "Hq": i32, "GROUP": i32,
+                "scale": "fp64", "qk_scale": "fp64"})):
+        tile = attention.candidates(kernel, 2, D)[0]
+        variants[name] = lower(attention._KERNELS[kernel], {**args, **strides},
+                               {**meta, **tile.kwargs}, tile.num_warps)
+    variants["attention_bwd_delta"] = lower(
+        attention._attn_bwd_delta, {"o_ptr": bf16, "do_ptr": bf16, "delta_ptr": f32, "T": i32,
+                                    "Hq": i32, "s_qb": i32, "s_qt": i32, "s_qh": i32},
+        {"BLOCK_M": 64, "HEAD_DIM": D}, 4)
     warps = {"rmsnorm": {str(d): rmsnorm.launch_config(d)["num_warps"]
                          for d in (576, 2048, 4096, 8192, 16384, 32768)},
              "rope": {f"{h}x{hd}": rope.launch_config(h, 8, hd)["num_warps"]
