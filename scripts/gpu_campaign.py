@@ -72,7 +72,8 @@ PROJECT_ROOT = "."
 TRITON_CHECKS = "tests/test_triton_kernels.py"
 BENCH_KERNELS = "scripts/bench_kernels.py"
 CEILINGS = "scripts/gpu_ceilings.py"
-GROUPS = ("install", "facts", "ceilings", "triton", "bench", "train", "report")
+BENCH_PEERS = "scripts/bench_peers.py"
+GROUPS = ("install", "facts", "ceilings", "triton", "bench", "train", "peers", "report")
 OUT_FILES = ("campaign.tar.gz", "summary.md", "summary.json", "campaign.log")
 
 TARGET_DEVICE = "H200"
@@ -576,6 +577,16 @@ def build_plan(python: str, work: Path, wheels: Path, only: set[str],
     large.dry_commands = [trainbench(python, work, large_overrides(v, records), jax=v.jax)
                           for v in TRAIN_VARIANTS]
     steps.append(large)
+
+    # each backend against the loop a user would otherwise write, at the small model's shape
+    # (README "Peer benchmark"); last before the report, so a short call skips it first
+    steps.append(Step("peers", "peers",
+                      [Command([python, BENCH_PEERS, "--device", "cuda", "--model",
+                                SMALL["model"], "--seq", str(SMALL["seq"]), "--tokens",
+                                str(4 * SMALL["seq"]), "--precision", "bf16", "--rounds", "2",
+                                "--steps", "3", "--json", str(work / "peers.json")])],
+                      150, min_s=90, note="trainbench vs HF Llama, a minimal PyTorch and a "
+                      "minimal JAX loop, interleaved rounds"))
 
     steps.append(report_step(python, work))
     return [s for s in steps if {s.group, s.name} & only or s.group == "install"]
