@@ -109,9 +109,10 @@ class JaxBackend(Backend):
             return
         import jax
 
-        from trainbench.backends.jax import mesh
+        from trainbench.backends.jax import mesh, platforms
 
         c = self.backend_cfg
+        platforms.configure()
         mesh.initialize_distributed(c.distributed)
         self.mesh = mesh.make_mesh(c.data_parallel, c.fsdp)
         first = self.mesh.devices.flat[0]
@@ -162,9 +163,8 @@ class JaxBackend(Backend):
         self.opt_state = jax.jit(self.tx.init, out_shardings=opt_sharding)(self.params)
         batch = NamedSharding(self.mesh, mesh.BATCH)
         scalar = NamedSharding(self.mesh, PartitionSpec())
-        self._step_fn = jax.jit(step.train_step(self.model, self.tx), donate_argnums=(0, 1),
-                                in_shardings=(self.param_sharding, opt_sharding, batch),
-                                out_shardings=(self.param_sharding, opt_sharding, scalar))
+        self._step_fn = step.jit_train_step(self.model, self.tx, self.mesh, self.param_sharding,
+                                            opt_sharding)
         self._grad_fn = jax.jit(jax.value_and_grad(step.loss_fn(self.model)),
                                 in_shardings=(self.param_sharding, batch),
                                 out_shardings=(scalar, self.param_sharding))

@@ -9,7 +9,7 @@ reduce-scatters. Norm gains (vectors) are small and stay replicated.
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -43,10 +43,12 @@ def initialize_distributed(mode: str, environ: Mapping[str, str] = os.environ) -
     return True
 
 
-def make_mesh(data: int, fsdp: int) -> Mesh:
+def make_mesh(data: int, fsdp: int, devices: Sequence[Any] | None = None) -> Mesh:
     """A (data, fsdp) mesh; data=-1 takes every device fsdp leaves. Single-process runs may use
-    the first data*fsdp devices; multi-process runs must use all of them."""
-    total = jax.device_count()
+    the first data*fsdp devices; multi-process runs must use all of them. `devices` (default:
+    jax.devices()) may be the abstract devices of a TPU topology, for ahead-of-time compiles."""
+    devices = list(jax.devices() if devices is None else devices)
+    total = len(devices)
     if fsdp < 1 or fsdp > total:
         raise ConfigError(f"backend.fsdp={fsdp} must be between 1 and the device count {total}")
     if data == -1:
@@ -59,8 +61,7 @@ def make_mesh(data: int, fsdp: int) -> Mesh:
     if jax.process_count() > 1 and data * fsdp != total:
         raise ConfigError(f"backend.data_parallel={data} x backend.fsdp={fsdp} must use all "
                           f"{total} devices of a multi-process run")
-    devices = np.asarray(jax.devices()[:data * fsdp]).reshape(data, fsdp)
-    return Mesh(devices, AXES)
+    return Mesh(np.asarray(devices[:data * fsdp]).reshape(data, fsdp), AXES)
 
 
 def weight_spec(shape: tuple[int, ...], fsdp: int) -> P:

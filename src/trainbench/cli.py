@@ -267,19 +267,31 @@ def cmd_report(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     if args.noise_k <= 0:
         raise ConfigError(f"--noise-k={args.noise_k} must be positive")
-    from trainbench import report, results
+    from trainbench import compile_report, report, results
 
     def load(paths: Sequence[str]) -> tuple[list[dict[str, Any]], Any, list[str]]:
         records, skipped = results.load_records(paths)
         for note in skipped:
             print(f"skipped {note}", file=sys.stderr)
-        if not records:
+        plans, records = compile_report.split(records)
+        if not records and not plans:
             raise ConfigError("no trainbench records found under " + " ".join(paths))
+        if not records:
+            return records, None, []
         df, notes = report.to_convention(report.frame(records), args.attention)
         return records, df, notes + report.peak_notes(df)
 
     costs = report.load_costs(args.costs)
+    plans, _ = compile_report.split(results.load_records(args.paths)[0])
+    if plans:  # compiled plans: their own table, never among the measured runs below
+        shown_plans = compile_report.frame(plans)
+        if args.markdown:
+            print(report.markdown(shown_plans))
+        else:
+            report.print_frame(shown_plans, compile_report.TITLE)
     records, df, notes = load(args.paths)
+    if not records:
+        return 0
     grouped = report.add_costs(report.group(df), costs)
     shown = report.display(grouped)
     failed = df[df["status"] != "ok"][["run_id", "backend", "model", "status", "cause"]]
@@ -366,10 +378,69 @@ def cmd_parity(argv: Sequence[str]) -> int:
     return 0 if rep.passed else EXIT_RUN_FAILED
 
 
+def _preset_name(model_cfg: Any) -> str:
+    """The preset a composed model config is, or "custom" when overrides changed it."""
+    from trainbench import model
+
+    return next((n for n in model.preset_names() if model.preset(n) == model_cfg), "custom")
+
+
+def cmd_compile(argv: Sequence[str]) -> int:
+    """Compile the step a run would execute for a target, without running it: does it fit, what
+    XLA counts, what it communicates (trainbench.compile). Configured like a run, plus
+    target=local|tpu:<topology> and search=none|batch; writes a record with status compiled."""
+    parser = argparse.ArgumentParser(prog="trainbench compile", description=cmd_compile.__doc__)
+    parser.add_argument("overrides", nargs="*",
+                        help="target=tpu:v5e:2x2 [search=batch] and run overrides, e.g. "
+                             "model=llama3_8b precision=bf16 backend.fsdp=4")
+    args = parser.parse_args(argv)
+    own = {"target": None, "search": "none"}
+    overrides = []
+    for arg in args.overrides:
+        key, eq, value = arg.partition("=")
+        if eq and key in own:
+            own[key] = value
+        else:
+            overrides.append(arg)
+    if own["target"] is None:
+        raise ConfigError("trainbench compile needs target=local or target=tpu:<topology> "
+                          "(e.g. target=tpu:v5e:2x2)")
+    from trainbench import compile as compile_lib
+    from trainbench import compile_report, registry, report, results
+
+    target = compile_lib.parse_target(own["target"])
+    compile_lib.check_compiler(target)
+    [cfg] = compose_run_configs([overrides])
+    if cfg.backend.name == "auto":
+        cfg.backend = registry.get("jax").config_class(name="jax")
+    if cfg.backend.name != "jax":
+        raise ConfigError(f"backend={cfg.backend.name}: trainbench compile builds the jax "
+                          "backend's step; use backend=jax")
+    from trainbench.backends.jax import aot
+
+    versions = registry.get("jax").versions()
+    if target.kind == "tpu":
+        from importlib import metadata
+
+        versions["libtpu"] = metadata.version("libtpu")
+    record = compile_lib.plan(cfg, _preset_name(cfg.model), target, own["search"], aot, versions)
+    path = results.write_record(record, cfg.results_dir, record["run_id"])
+    if record["status"] != compile_lib.STATUS:
+        print(f"trainbench: compile failed: {record['cause']}", file=sys.stderr)
+        print(f"record: {path}")
+        return EXIT_RUN_FAILED
+    report.print_frame(compile_report.frame([record]), compile_report.TITLE)
+    for probe in (record["compile"].get("search") or {}).get("probes", []):
+        print(f"probe batch {probe['batch_size']}: fits={probe['fits']}")
+    print(f"record: {path}")
+    return 0
+
+
 SUBCOMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "backends": cmd_backends,
     "report": cmd_report,
     "parity": cmd_parity,
+    "compile": cmd_compile,
 }
 
 
