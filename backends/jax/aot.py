@@ -10,6 +10,7 @@ are libtpu's abstract devices (jax.experimental.topologies), and XLA:TPU compile
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -37,7 +38,8 @@ class Compiled:
 
 
 class CompileFailed(Exception):
-    """The compiler rejected the step for another reason than memory (message: XLA's)."""
+    """Lowering or compiling the step failed for another reason than memory (message: the
+    compiler's, e.g. XLA's or Mosaic's)."""
 
 
 def target_devices(topology: str | None) -> list[Any]:
@@ -50,6 +52,10 @@ def target_devices(topology: str | None) -> list[Any]:
     platforms.configure()
     if topology is None:
         return list(jax.devices())
+    if platforms.attached_tpu_chips() == 0:
+        # libtpu takes /tmp/libtpu_lockfile so that one process owns the chips; a compile for
+        # chips that are not here owns none, and parallel compiles (test workers) must coexist
+        os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     from jax.experimental import topologies
 
     try:
@@ -95,7 +101,7 @@ def compile_step(cfg: RunConfig, devices: Sequence[Any], batch_size: int) -> Com
     first = grid.devices.flat[0]
     compute = jnp.dtype(cfg.precision.compute_dtype)
     attend = attention.select(c.attention, first.platform, compute, first.device_kind,
-                              c.flash_block_size)
+                              c.flash_block_size, grid)
     net = model.Transformer(cfg.model, compute, attend, c.remat)
     shapes = {name: jax.ShapeDtypeStruct(shape, jnp.float32)
               for name, shape in param_shapes(cfg.model).items()}
@@ -109,8 +115,16 @@ def compile_step(cfg: RunConfig, devices: Sequence[Any], batch_size: int) -> Com
                                   sharding=NamedSharding(grid, mesh.BATCH))
 
     start = time.perf_counter()
-    lowered = fn.lower(_abstract(params, param_sharding), _abstract(opt_state, opt_sharding),
-                       tokens)
+    try:
+        # Pallas's TPU lowering reads the chip from the abstract mesh in context (else from
+        # the default device, the CPU here)
+        with jax.sharding.use_abstract_mesh(grid.abstract_mesh):
+            lowered = fn.lower(_abstract(params, param_sharding),
+                               _abstract(opt_state, opt_sharding), tokens)
+    except ConfigError:
+        raise
+    except Exception as err:  # e.g. a Pallas block shape Mosaic's tiling rules reject
+        raise CompileFailed(" ".join(str(err).split()) or type(err).__name__) from None
     lower_s = time.perf_counter() - start
     out = Compiled(first.device_kind, first.platform, {k: int(v) for k, v in grid.shape.items()},
                    None, None, lower_s=lower_s)

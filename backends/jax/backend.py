@@ -29,7 +29,8 @@ _PLATFORM_KIND = {"cpu": "cpu", "gpu": "gpu", "cuda": "gpu", "rocm": "gpu", "tpu
 class JaxConfig(BackendConfig):
     name: str = "jax"
     attention: str = "xla"
-    """xla | cudnn (NVIDIA GPUs, bf16) | pallas (TPU kernel; interpreted on the CPU)."""
+    """xla | cudnn (NVIDIA GPUs, bf16) | pallas (trainbench's TPU kernel) | splash (JAX's splash
+    attention, TPU); the TPU kernels are interpreted on the CPU."""
     remat: bool = False
     """Recompute each block in the backward pass instead of storing its activations."""
     data_parallel: int = -1
@@ -151,7 +152,7 @@ class JaxBackend(Backend):
         c = self.backend_cfg
         compute = jnp.dtype(self.precision.compute_dtype)
         attend = attention.select(c.attention, self.platform, compute, self.device_kind,
-                                  c.flash_block_size)
+                                  c.flash_block_size, self.mesh)
         self.model = model.Transformer(self.model_cfg, compute, attend, c.remat)
         self.tx = step.make_optimizer(self.optim, self.total_steps, params)
 

@@ -15,7 +15,7 @@ import os
 from typing import Callable, Mapping
 
 
-def _attached_tpu_chips() -> int:
+def attached_tpu_chips() -> int:
     """TPU chips on this machine's PCI bus, as JAX itself counts them before loading libtpu."""
     from jax._src import hardware_utils
 
@@ -43,7 +43,7 @@ def choose(environ: Mapping[str, str] = os.environ) -> str | None:
     user set JAX_PLATFORMS, libtpu is not installed, or a TPU chip is attached)."""
     if "JAX_PLATFORMS" in environ or importlib.util.find_spec("libtpu") is None:
         return None
-    if _attached_tpu_chips() > 0:
+    if attached_tpu_chips() > 0:
         return None
     return ",".join([name for name, present in GPU_PLATFORMS.items() if present()] + ["cpu"])
 

@@ -171,7 +171,7 @@ def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
     op; a collective inside a loop body counts once, not per iteration). XLA:TPU emits a
     reduce-scatter as an all-reduce inside a computation named all-reduce-scatter: it counts as
     a reduce-scatter. Bytes are the larger of an op's operands and its result on one device
-    (tuples summed): the gathered arrays of an all-gather, the arrays before they are
+    (tuples summed; of an asynchronous -start op, its largest array): the gathered arrays of an all-gather, the arrays before they are
     scattered for a reduce-scatter, the reduced arrays of an all-reduce."""
     types: dict[str, str] = {}
     found: list[tuple[str, str, str]] = []
@@ -190,12 +190,15 @@ def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
         if kind == "all-reduce" and computation.startswith("all-reduce-scatter"):
             kind = "reduce-scatter"
         if kind in COLLECTIVES:
-            found.append((type_text, kind, rest.split(")", 1)[0]))
+            found.append((type_text, kind, opcode.endswith("-start"), rest.split(")", 1)[0]))
     out = {kind: {"count": 0, "bytes": 0} for kind in COLLECTIVES}
-    for type_text, kind, operands in found:
+    for type_text, kind, is_async, operands in found:
+        out[kind]["count"] += 1
+        if is_async:  # the -start result tuple holds its input, its output and sync flags
+            out[kind]["bytes"] += max(_array_bytes(type_text), default=0)
+            continue
         operand_bytes = sum(sum(_array_bytes(types.get(o, "")))
                             for o in _OPERAND.findall(operands))
-        out[kind]["count"] += 1
         out[kind]["bytes"] += max(sum(_array_bytes(type_text)), operand_bytes)
     return out
 
