@@ -1,12 +1,12 @@
 """trainbench.compile without a compiler: the target grammar, the memory verdict, collectives
-read from HLO text, the roofline bound, the batch search, and the compiled-plan report table."""
+read from HLO text, the roofline bound and the batch search."""
 
 import math
 
 import pytest
 
 from trainbench import compile as compile_lib
-from trainbench import compile_report, hardware
+from trainbench import hardware
 from trainbench.errors import ConfigError
 
 
@@ -145,25 +145,3 @@ def test_the_batch_search_finds_the_largest_batch_that_fits(largest):
     assert [p.batch_size for p in probes] == calls and len(set(calls)) == len(calls)
     assert all(b % step == 0 and b <= limit for b in calls)
     assert len(calls) <= 2 * math.log2(limit // step) + 2  # doubling, then bisection
-
-
-def _plan(**compile_fields):
-    memory = {"per_device_bytes": 3 * 2**30, "hbm_bytes": 16 * 2**30, "fits": True}
-    return {"status": "compiled", "model": "tiny", "precision": "bf16", "batch_size": 8,
-            "seq_len": 64, "device": {"attention": "pallas"},
-            "compile": {"target": "tpu:v5e:2x2", "chips": 4, "mesh": {"data": 1, "fsdp": 4},
-                        "memory": memory, "flop_ratio": 1.2, "collective_bytes": 2**30,
-                        "roofline": {"mfu_ceiling": 0.42}, "compile_s": 2.0, **compile_fields}}
-
-
-def test_compiled_plans_have_their_own_table():
-    measured = {"status": "ok", "model": "tiny"}
-    plans, others = compile_report.split([_plan(), measured, _plan(target="tpu:v6e:2x2")])
-    assert others == [measured] and len(plans) == 2
-    df = compile_report.frame(plans)
-    row = df.iloc[0].to_dict()
-    assert row["target"] == "tpu:v5e:2x2" and row["chips"] == 4
-    assert row["mesh"] == "data=1xfsdp=4" and row["fits"] == "yes"
-    assert row["GiB/device"] == "3.00" and row["HBM GiB"] == "16.00"
-    assert row["MFU ceiling (bound)"] == "42.0%" and row["collectives GiB"] == "1.00"
-    assert "bound" in compile_report.TITLE and "not measurements" in compile_report.TITLE

@@ -93,6 +93,38 @@ def test_xla_flops_over_model_flops_lie_in_their_band(xla_plan, tiny_plan):
     assert 1.0 - attention_share <= record["compile"]["flop_ratio"] <= 1.5
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("topology", ["v5e:2x2", "v6e:2x2"])
+@pytest.mark.parametrize("mesh", list(MESHES))
+def test_small_compiles_with_pallas_attention(topology, mesh):
+    record = _plan(f"tpu:{topology}", "model=small", "precision=bf16", "train.seq_len=256",
+                   "backend.attention=pallas", "train.batch_size=8", *MESHES[mesh])
+    assert record["status"] == "compiled", record["cause"]
+    c = record["compile"]
+    assert c["memory"]["fits"] is True and c["chips"] == 4
+    kinds = {k for k, v in c["collectives"].items() if v["count"]}
+    assert ({"all-gather", "reduce-scatter"} <= kinds) if mesh == "fsdp" else ("all-reduce"
+                                                                               in kinds)
+
+
+@pytest.mark.slow
+def test_llama32_1b_fp32_fits_one_v5e_chip_only_sharded():
+    # float32 AdamW: weights, two moments and gradients, 16 bytes x 1.24e9 parameters = 19.8 GB
+    # on one chip of 16 GiB; FSDP over the 4 chips of v5e:2x2 leaves a quarter of it per chip
+    one = _plan("tpu:v5e:2x2", "model=llama32_1b", "precision=fp32", "train.seq_len=128",
+                "train.batch_size=1", "backend.data_parallel=1")
+    assert one["status"] == "compiled", one["cause"]
+    memory = one["compile"]["memory"]
+    assert memory["fits"] is False and one["compile"]["chips"] == 1
+    assert memory["oom_message"].startswith("RESOURCE_EXHAUSTED")
+    four = _plan("tpu:v5e:2x2", "model=llama32_1b", "precision=fp32", "train.seq_len=128",
+                 "train.batch_size=4", "backend.data_parallel=1", "backend.fsdp=4")
+    assert four["status"] == "compiled", four["cause"]
+    memory = four["compile"]["memory"]
+    assert memory["fits"] is True and 0 < memory["headroom_bytes"]
+    assert memory["per_device_bytes"] >= 16 * one["params"] / 4  # the sharded state
+
+
 def _exit_code_and_error(capsys, *argv):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["compile", *argv])

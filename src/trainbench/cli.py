@@ -286,7 +286,7 @@ def cmd_report(argv: Sequence[str]) -> int:
     if plans:  # compiled plans: their own table, never among the measured runs below
         shown_plans = compile_report.frame(plans)
         if args.markdown:
-            print(report.markdown(shown_plans))
+            print(report.markdown(shown_plans) + "\n")
         else:
             report.print_frame(shown_plans, compile_report.TITLE)
     records, df, notes = load(args.paths)
