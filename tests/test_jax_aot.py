@@ -93,6 +93,16 @@ def test_xla_flops_over_model_flops_lie_in_their_band(xla_plan, tiny_plan):
     assert 1.0 - attention_share <= record["compile"]["flop_ratio"] <= 1.5
 
 
+def test_local_target_compiles_for_this_machine():
+    # the CPU: XLA's memory plan, but no HBM in the hardware table, so no verdict and no bound
+    record = _plan("local", "model=tiny")
+    assert record["status"] == "compiled", record["cause"]
+    c = record["compile"]
+    assert c["target"] == "local" and record["device"]["kind"] == "cpu"
+    assert c["memory"]["per_device_bytes"] > 0 and c["memory"]["fits"] is None
+    assert c["roofline"]["mfu_ceiling"] is None and c["xla_flops"] > 0
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("topology", ["v5e:2x2", "v6e:2x2"])
 @pytest.mark.parametrize("mesh", list(MESHES))

@@ -342,7 +342,7 @@ def plan(cfg: Any, model_name: str, target: Target, search: str, aot: Any,
     import dataclasses
     import datetime as dt
 
-    from trainbench import env, flops, model
+    from trainbench import env, flops, model, results
 
     if search not in SEARCH_MODES:
         raise ConfigError(f"search={search!r} must be one of: " + ", ".join(SEARCH_MODES))
@@ -351,7 +351,7 @@ def plan(cfg: Any, model_name: str, target: Target, search: str, aot: Any,
     per_chip = aot.devices_per_chip(devices)
     t = cfg.train
     record: dict[str, Any] = {
-        "schema": "trainbench.record/1", "run_id": run_id(cfg, model_name, target, search),
+        "schema": results.SCHEMA, "run_id": run_id(cfg, model_name, target, search),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "status": "failed", "cause": None, "backend": "jax", "model": model_name,
         "precision": cfg.precision.name, "batch_size": t.batch_size, "seq_len": t.seq_len,
