@@ -117,7 +117,24 @@ def test_small_compiles_with_pallas_attention(topology, mesh):
                                                                                in kinds)
 
 
+def test_state_larger_than_the_chip_does_not_fit():
+    # a 2-layer model with a 300k vocabulary: 1.24e9 parameters, like llama32_1b, in two
+    # matrices; float32 AdamW keeps weights, two moments and gradients, 16 bytes each = 19.8 GB
+    # against one v5e chip's 16 GiB. XLA refuses it fast (few ops), with its message.
+    record = _plan("tpu:v5e:2x2", "model=tiny", "model.vocab=300000", "model.d_model=2048",
+                   "model.n_heads=16", "model.n_kv_heads=8", "model.head_dim=128",
+                   "train.seq_len=64", "train.batch_size=1", "backend.data_parallel=1")
+    assert record["status"] == "compiled", record["cause"]
+    memory = record["compile"]["memory"]
+    assert memory["fits"] is False and record["compile"]["chips"] == 1
+    assert memory["oom_message"].startswith("RESOURCE_EXHAUSTED")
+    assert memory["per_device_bytes"] > memory["xla_available_bytes"] > 15 * 2**30
+    assert memory["headroom_bytes"] < 0
+    assert record["compile"]["roofline"]["mfu_ceiling"] is None  # nothing compiled to bound
+
+
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # XLA searches long for a plan before it gives up on memory
 def test_llama32_1b_fp32_fits_one_v5e_chip_only_sharded():
     # float32 AdamW: weights, two moments and gradients, 16 bytes x 1.24e9 parameters = 19.8 GB
     # on one chip of 16 GiB; FSDP over the 4 chips of v5e:2x2 leaves a quarter of it per chip
