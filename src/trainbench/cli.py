@@ -315,6 +315,9 @@ def cmd_report(argv: Sequence[str]) -> int:
             print(f"wrote {path}")
     if args.baseline:
         _, base_df, _ = load(args.baseline)
+        if base_df is None:
+            raise ConfigError("--baseline: only compiled plans under " + " ".join(args.baseline)
+                              + "; a baseline needs measured runs")
         cmp = report.compare_baseline(grouped, report.group(base_df), args.noise_k)
         if cmp.empty:
             print("baseline: no configuration in common with the current records")
