@@ -113,8 +113,11 @@ def test_small_compiles_with_pallas_attention(topology, mesh):
     c = record["compile"]
     assert c["memory"]["fits"] is True and c["chips"] == 4
     kinds = {k for k, v in c["collectives"].items() if v["count"]}
-    assert ({"all-gather", "reduce-scatter"} <= kinds) if mesh == "fsdp" else ("all-reduce"
-                                                                               in kinds)
+    if mesh == "fsdp":  # weights gathered; gradients scattered (or all-reduced, as XLA:TPU
+        # chooses for some of them: see the tiny model's test for the reduce-scatters)
+        assert "all-gather" in kinds and kinds & {"reduce-scatter", "all-reduce"}
+    else:
+        assert "all-reduce" in kinds and "all-gather" not in kinds
 
 
 def test_state_larger_than_the_chip_does_not_fit():
