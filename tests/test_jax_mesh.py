@@ -310,3 +310,38 @@ def test_fsdp_by_tensor_parallel_trains_like_one_device_and_bf16_tracks_fp32():
     # loss within test_backend_jax's bf16 bound, gradients within a few percent
     np.testing.assert_allclose(bf16["losses"], one["losses"], rtol=2e-3)
     assert _rel(bf16["grads"], one["grads"]) <= 2e-2
+
+
+_KERNEL_SCRIPT = """
+import json, sys
+from trainbench import data, model
+from trainbench.backends.jax.backend import JaxBackend, JaxConfig
+from trainbench.config import PRECISIONS, OptimConfig
+
+cfg = model.preset("tiny")
+params = model.init_params(cfg, 0)
+source = data.SyntheticTokens(cfg.vocab, 4, 24, 0)
+out = {}
+for name, fields in [("xla-1", {"data_parallel": 1}), ("pallas-4", {"attention": "pallas",
+                     "flash_block_size": 8, "data_parallel": 2, "fsdp": 2})]:
+    b = JaxBackend(JaxConfig(**fields), cfg, PRECISIONS["fp32"], OptimConfig(), total_steps=2)
+    b.setup(params)
+    out[name] = [b.loss(b.train_step(s, source.batch(s))) for s in range(2)]
+json.dump(out, sys.stdout)
+"""
+
+
+@pytest.mark.slow
+def test_pallas_attention_runs_per_device_shard_on_a_mesh():
+    """A Mosaic kernel cannot be partitioned by XLA: on a (2, 2) mesh the Pallas kernel runs on
+    each device's batch shard (attention.per_shard) and trains like one device."""
+    import numpy as np
+
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", _KERNEL_SCRIPT], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    runs = json.loads(proc.stdout)
+    # blockwise (online) softmax and cross-device sums: float32 rounding of losses ~5.5
+    np.testing.assert_allclose(runs["pallas-4"], runs["xla-1"], rtol=1e-5)

@@ -9,6 +9,11 @@ kv head h // (Hq // Hkv), as trainbench.ops.attention_fwd does.
   NVIDIA GPUs only, in bfloat16 or float16 (cuDNN has no float32 flash kernel).
 - pallas: trainbench's Pallas flash-attention kernel (flash_pallas.py), written for TPU; on the
   CPU it runs in Pallas's TPU interpret mode (slow; for tests), on GPUs it is refused.
+- splash: JAX's splash attention (splash.py), the production TPU kernels MaxText uses; the same
+  TPU-only rules as pallas.
+
+XLA cannot partition a Mosaic (Pallas TPU) kernel over a mesh: on a mesh of several devices the
+Pallas choices run per device on its shard of the batch (`per_shard`, a shard_map).
 """
 
 from __future__ import annotations
@@ -94,13 +99,32 @@ def pallas_attention(block_size: int, on_tpu: bool) -> Callable[..., jax.Array]:
                              interpret=interpret)
 
 
-IMPLEMENTATIONS = ("xla", "cudnn", "pallas")
+def splash_attention(block_size: int, on_tpu: bool) -> Callable[..., jax.Array]:
+    from trainbench.backends.jax import splash
+
+    return splash.make(block_size, on_tpu)
+
+
+def per_shard(fn: Callable[..., jax.Array], mesh: Any) -> Callable[..., jax.Array]:
+    """`fn` run on each device's shard of the batch (q, k, v and the output split like the
+    batch, mesh.BATCH); `fn` itself on a single device or without a mesh."""
+    if mesh is None or mesh.devices.size == 1:
+        return fn
+    from trainbench.backends.jax.mesh import BATCH
+
+    return jax.shard_map(fn, mesh=mesh, in_specs=(BATCH, BATCH, BATCH), out_specs=BATCH,
+                         check_vma=False)
+
+
+IMPLEMENTATIONS = ("xla", "cudnn", "pallas", "splash")
+_PALLAS_KERNELS = {"pallas": pallas_attention, "splash": splash_attention}
 
 
 def select(name: str, platform: str, compute_dtype: Any, device_kind: str,
-           block_size: int) -> Callable[[jax.Array, jax.Array, jax.Array], jax.Array]:
-    """The attention function `name` for devices of `platform` (cpu | gpu | tpu), or a
-    ConfigError saying why it cannot run there."""
+           block_size: int, mesh: Any = None) -> Callable[[jax.Array, jax.Array, jax.Array],
+                                                          jax.Array]:
+    """The attention function `name` for devices of `platform` (cpu | gpu | tpu) on `mesh`, or
+    a ConfigError saying why it cannot run there."""
     if name == "xla":
         return xla_attention
     if name == "cudnn":
@@ -112,13 +136,17 @@ def select(name: str, platform: str, compute_dtype: Any, device_kind: str,
                               f"{jnp.dtype(compute_dtype).name}; use precision=bf16 or "
                               "backend.attention=xla")
         return cudnn_attention
-    if name == "pallas":
+    if name in _PALLAS_KERNELS:
         if platform == "gpu":
-            raise ConfigError("backend.attention=pallas is trainbench's TPU kernel; on GPUs use "
+            raise ConfigError(f"backend.attention={name} is a TPU kernel; on GPUs use "
                               "backend.attention=cudnn (NVIDIA) or xla")
         if block_size < 8 or block_size % 8:
             raise ConfigError(f"backend.flash_block_size={block_size} must be a positive "
                               "multiple of 8 (TPU sublane tiling)")
-        return pallas_attention(block_size, on_tpu=platform == "tpu")
+        if name == "splash" and block_size % 128:
+            raise ConfigError(f"backend.flash_block_size={block_size} must be a multiple of 128 "
+                              "for backend.attention=splash (its kv compute block fills the "
+                              "128 TPU lanes)")
+        return per_shard(_PALLAS_KERNELS[name](block_size, on_tpu=platform == "tpu"), mesh)
     raise ConfigError(f"backend.attention={name!r} is not known; choose one of: "
                       + ", ".join(IMPLEMENTATIONS))

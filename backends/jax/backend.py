@@ -30,7 +30,8 @@ _PLATFORM_KIND = {"cpu": "cpu", "gpu": "gpu", "cuda": "gpu", "rocm": "gpu", "tpu
 class JaxConfig(BackendConfig):
     name: str = "jax"
     attention: str = "xla"
-    """xla | cudnn (NVIDIA GPUs, bf16) | pallas (TPU kernel; interpreted on the CPU)."""
+    """xla | cudnn (NVIDIA GPUs, bf16) | pallas (trainbench's TPU kernel) | splash (JAX's splash
+    attention, TPU); the TPU kernels are interpreted on the CPU."""
     remat: bool = False
     """Recompute each block in the backward pass instead of storing its activations."""
     data_parallel: int = -1
@@ -120,9 +121,10 @@ class JaxBackend(Backend):
             return
         import jax
 
-        from trainbench.backends.jax import mesh
+        from trainbench.backends.jax import mesh, platforms
 
         c = self.backend_cfg
+        platforms.configure()
         mesh.initialize_distributed(c.distributed)
         self.mesh = mesh.make_mesh(c.data_parallel, c.fsdp, tensor=c.tensor_parallel)
         first = self.mesh.devices.flat[0]
@@ -163,7 +165,7 @@ class JaxBackend(Backend):
         c = self.backend_cfg
         compute = jnp.dtype(self.precision.compute_dtype)
         attend = attention.select(c.attention, self.platform, compute, self.device_kind,
-                                  c.flash_block_size)
+                                  c.flash_block_size, self.mesh)
         self.model = model.Transformer(self.model_cfg, compute, attend, c.remat, self.mesh)
         self.tx = step.make_optimizer(self.optim, self.total_steps, params)
 
@@ -175,9 +177,8 @@ class JaxBackend(Backend):
         self.opt_state = jax.jit(self.tx.init, out_shardings=opt_sharding)(self.params)
         batch = NamedSharding(self.mesh, mesh.BATCH)
         scalar = NamedSharding(self.mesh, PartitionSpec())
-        self._step_fn = jax.jit(step.train_step(self.model, self.tx), donate_argnums=(0, 1),
-                                in_shardings=(self.param_sharding, opt_sharding, batch),
-                                out_shardings=(self.param_sharding, opt_sharding, scalar))
+        self._step_fn = step.jit_train_step(self.model, self.tx, self.mesh, self.param_sharding,
+                                            opt_sharding)
         self._grad_fn = jax.jit(jax.value_and_grad(step.loss_fn(self.model)),
                                 in_shardings=(self.param_sharding, batch),
                                 out_shardings=(scalar, self.param_sharding))

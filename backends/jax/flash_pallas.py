@@ -52,7 +52,7 @@ def _fwd_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, *, block: int, scale: float
     # causal: query block i needs key blocks 0..i only
     m, l, acc = jax.lax.fori_loop(0, i + 1, visit, start)
     o_ref[...] = (acc / l[:, None]).astype(o_ref.dtype)
-    lse_ref[...] = m + jnp.log(l)
+    lse_ref[...] = (m + jnp.log(l))[None, :]  # a row: queries along the 128 lanes
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -80,13 +80,13 @@ def _forward(q: jax.Array, k: jax.Array, v: jax.Array, block_size: int,
         ],
         out_specs=[
             pl.BlockSpec((None, None, block, D), lambda b, h, i: (b, h, i, 0)),
-            pl.BlockSpec((None, None, block), lambda b, h, i: (b, h, i)),
+            pl.BlockSpec((None, None, 1, block), lambda b, h, i: (b, h, 0, i)),
         ],
         out_shape=[jax.ShapeDtypeStruct((B, Hq, T_pad, D), q.dtype),
-                   jax.ShapeDtypeStruct((B, Hq, T_pad), jnp.float32)],
+                   jax.ShapeDtypeStruct((B, Hq, 1, T_pad), jnp.float32)],
         interpret=interpret,
     )(qh, kh, vh)
-    return out[:, :, :T].transpose(0, 2, 1, 3), lse[:, :, :T]
+    return out[:, :, :T].transpose(0, 2, 1, 3), lse[:, :, 0, :T]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))

@@ -14,8 +14,10 @@ import jax
 import numpy as np
 import optax
 from flax import linen as nn
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from trainbench import optim
+from trainbench.backends.jax import mesh as mesh_lib
 from trainbench.backends.jax.model import next_token_loss, to_tree
 from trainbench.config import OptimConfig
 
@@ -61,3 +63,15 @@ def train_step(model: nn.Module, tx: optax.GradientTransformation) -> Callable[.
         return optax.apply_updates(params, updates), opt_state, loss
 
     return step
+
+
+def jit_train_step(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh,
+                   param_sharding: Any, opt_sharding: Any) -> Any:
+    """train_step under jax.jit with the run's shardings (batch split over the mesh, loss
+    replicated) and the parameter and optimizer-state buffers donated: what a run executes and
+    what `trainbench compile` lowers."""
+    batch = NamedSharding(mesh, mesh_lib.BATCH)
+    scalar = NamedSharding(mesh, PartitionSpec())
+    return jax.jit(train_step(model, tx), donate_argnums=(0, 1),
+                   in_shardings=(param_sharding, opt_sharding, batch),
+                   out_shardings=(param_sharding, opt_sharding, scalar))

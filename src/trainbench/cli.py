@@ -274,7 +274,9 @@ def cmd_report(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     if args.noise_k <= 0:
         raise ConfigError(f"--noise-k={args.noise_k} must be positive")
-    from trainbench import plots, report, report_html, results
+    import pandas as pd
+
+    from trainbench import compile_report, plots, report, report_html, results
 
     columns = report.select_columns(args.columns)
 
@@ -282,13 +284,30 @@ def cmd_report(argv: Sequence[str]) -> int:
         records, skipped = results.load_records(paths)
         for note in skipped:
             print(f"skipped {note}", file=sys.stderr)
-        if not records:
+        plans, records = compile_report.split(records)
+        if not records and not plans:
             raise ConfigError("no trainbench records found under " + " ".join(paths))
+        if not records:
+            return records, None, []
         df, notes = report.to_convention(report.frame(records), args.attention)
         return records, df, notes + report.peak_notes(df)
 
     costs = report.load_costs(args.costs)
+    plans, _ = compile_report.split(results.load_records(args.paths)[0])
+    if plans:  # compiled plans: their own table, never among the measured runs below
+        shown_plans = compile_report.frame(plans)
+        if args.markdown:
+            print(report.markdown(shown_plans) + "\n")
+        else:
+            report.print_frame(shown_plans, compile_report.TITLE)
     records, df, notes = load(args.paths)
+    title = f"trainbench report ({args.attention} attention FLOPs)"
+    if not records:
+        if args.html:  # a page of compiled plans alone
+            empty = pd.DataFrame()
+            page = report_html.Page(title, [], empty, empty, plans=plans)
+            print(f"wrote {report_html.write(page, args.html)}")
+        return 0
     notes += report_html.unshown_notes(df)
     grouped = report.add_costs(report.group(df), costs)
     shown = report.display(grouped, columns)
@@ -298,7 +317,7 @@ def cmd_report(argv: Sequence[str]) -> int:
         if not failed.empty:
             print("\n" + report.markdown(failed.fillna("")))
     else:
-        report.print_frame(shown, f"trainbench report ({args.attention} attention FLOPs)")
+        report.print_frame(shown, title)
         if not failed.empty:
             report.print_frame(failed.fillna(""), "runs that did not finish", width=120)
         if args.runs:
@@ -313,13 +332,15 @@ def cmd_report(argv: Sequence[str]) -> int:
         for path in plots.save(figures, args.plots):
             print(f"wrote {path}")
     if args.html:
-        page = report_html.Page(f"trainbench report ({args.attention} attention FLOPs)",
-                                records, df, grouped, columns if args.columns else
-                                tuple(report.TABLE_COLUMNS), notes, figures)
+        page = report_html.Page(title, records, df, grouped, columns if args.columns else
+                                tuple(report.TABLE_COLUMNS), notes, figures, plans)
         print(f"wrote {report_html.write(page, args.html)}")
     plots.close(figures)
     if args.baseline:
         _, base_df, _ = load(args.baseline)
+        if base_df is None:
+            raise ConfigError("--baseline: only compiled plans under " + " ".join(args.baseline)
+                              + "; a baseline needs measured runs")
         cmp = report.compare_baseline(grouped, report.group(base_df), args.noise_k)
         if cmp.empty:
             print("baseline: no configuration in common with the current records")
@@ -383,10 +404,69 @@ def cmd_parity(argv: Sequence[str]) -> int:
     return 0 if rep.passed else EXIT_RUN_FAILED
 
 
+def _preset_name(model_cfg: Any) -> str:
+    """The preset a composed model config is, or "custom" when overrides changed it."""
+    from trainbench import model
+
+    return next((n for n in model.preset_names() if model.preset(n) == model_cfg), "custom")
+
+
+def cmd_compile(argv: Sequence[str]) -> int:
+    """Compile the step a run would execute for a target, without running it: does it fit, what
+    XLA counts, what it communicates (trainbench.compile). Configured like a run, plus
+    target=local|tpu:<topology> and search=none|batch; writes a record with status compiled."""
+    parser = argparse.ArgumentParser(prog="trainbench compile", description=cmd_compile.__doc__)
+    parser.add_argument("overrides", nargs="*",
+                        help="target=tpu:v5e:2x2 [search=batch] and run overrides, e.g. "
+                             "model=llama3_8b precision=bf16 backend.fsdp=4")
+    args = parser.parse_args(argv)
+    own = {"target": None, "search": "none"}
+    overrides = []
+    for arg in args.overrides:
+        key, eq, value = arg.partition("=")
+        if eq and key in own:
+            own[key] = value
+        else:
+            overrides.append(arg)
+    if own["target"] is None:
+        raise ConfigError("trainbench compile needs target=local or target=tpu:<topology> "
+                          "(e.g. target=tpu:v5e:2x2)")
+    from trainbench import compile as compile_lib
+    from trainbench import compile_report, registry, report, results
+
+    target = compile_lib.parse_target(own["target"])
+    compile_lib.check_compiler(target)
+    [cfg] = compose_run_configs([overrides])
+    if cfg.backend.name == "auto":
+        cfg.backend = registry.get("jax").config_class(name="jax")
+    if cfg.backend.name != "jax":
+        raise ConfigError(f"backend={cfg.backend.name}: trainbench compile builds the jax "
+                          "backend's step; use backend=jax")
+    from trainbench.backends.jax import aot
+
+    versions = registry.get("jax").versions()
+    if target.kind == "tpu":
+        from importlib import metadata
+
+        versions["libtpu"] = metadata.version("libtpu")
+    record = compile_lib.plan(cfg, _preset_name(cfg.model), target, own["search"], aot, versions)
+    path = results.write_record(record, cfg.results_dir, record["run_id"])
+    if record["status"] != compile_lib.STATUS:
+        print(f"trainbench: compile failed: {record['cause']}", file=sys.stderr)
+        print(f"record: {path}")
+        return EXIT_RUN_FAILED
+    report.print_frame(compile_report.frame([record]), compile_report.TITLE)
+    for probe in (record["compile"].get("search") or {}).get("probes", []):
+        print(f"probe batch {probe['batch_size']}: fits={probe['fits']}")
+    print(f"record: {path}")
+    return 0
+
+
 SUBCOMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "backends": cmd_backends,
     "report": cmd_report,
     "parity": cmd_parity,
+    "compile": cmd_compile,
 }
 
 

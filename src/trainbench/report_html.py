@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 
 import trainbench
-from trainbench import plots, report
+from trainbench import compile_report, plots, report
 
 
 @dataclass
@@ -36,6 +36,8 @@ class Page:
     columns: Sequence[str] = report.DEFAULT_COLUMNS
     notes: list[str] = field(default_factory=list)
     figures: dict[str, Any] = field(default_factory=dict)
+    plans: list[dict[str, Any]] = field(default_factory=list)
+    """Records of compiled plans (`trainbench compile`), shown in their own table."""
 
 
 @dataclass(frozen=True)
@@ -54,9 +56,12 @@ def _pre(value: Any) -> str:
 
 def _run_details(page: Page, indices: Sequence[Any], what: str) -> str:
     """A collapsed block with each run's environment fingerprint and exact config."""
+    return _details([page.records[i] for i in indices], what)
+
+
+def _details(records: Sequence[dict[str, Any]], what: str) -> str:
     parts = []
-    for i in indices:
-        record = page.records[i]
+    for record in records:
         parts.append(
             f"<h4>{html.escape(str(record.get('run_id')))}</h4>"
             f"<p class=path>{html.escape(str(record.get('_path', '')))}"
@@ -64,7 +69,7 @@ def _run_details(page: Page, indices: Sequence[Any], what: str) -> str:
             f"<h5>device</h5>{_pre(record.get('device'))}"
             f"<h5>environment</h5>{_pre(record.get('environment'))}"
             f"<h5>config</h5>{_pre(record.get('config'))}")
-    n = len(indices)
+    n = len(records)
     return (f"<details><summary>{what} of {n} run{'s' if n != 1 else ''}</summary>"
             + "".join(parts) + "</details>")
 
@@ -97,12 +102,26 @@ def results_section(page: Page) -> str | None:
 
 def failures_section(page: Page) -> str | None:
     """Runs that did not finish, with their cause."""
+    if page.df.empty:
+        return None
     failed = report.failures(page.df)
     if failed.empty:
         return None
     rows = [([str(v) for v in r.fillna("")], _run_details(page, [i], "environment and config"))
             for i, r in failed.iterrows()]
     return _table(list(failed.columns), rows, "failure")
+
+
+def plans_section(page: Page) -> str | None:
+    """Compiled plans: what the target's compiler says of a step (memory, XLA counts,
+    collectives) and roofline bounds, never mixed with measured runs."""
+    if not page.plans:
+        return None
+    shown = compile_report.frame(page.plans).astype(str)
+    rows = [(cells, _details([plan], "environment and config"))
+            for plan, cells in zip(page.plans, shown.itertuples(index=False))]
+    return (f"<p>{html.escape(compile_report.TITLE)}</p>"
+            + _table(list(shown.columns), rows, "plan"))
 
 
 def notes_section(page: Page) -> str | None:
@@ -129,6 +148,7 @@ def plots_section(page: Page) -> str | None:
 SECTIONS: list[Section] = [
     Section("Results", results_section, (report.MEASURED,)),
     Section("Runs that did not finish", failures_section, report.UNFINISHED),
+    Section("Compiled plans", plans_section, (compile_report.STATUS,)),
     Section("Notes", notes_section),
     Section("Plots", plots_section),
 ]

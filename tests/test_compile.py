@@ -1,0 +1,147 @@
+"""trainbench.compile without a compiler: the target grammar, the memory verdict, collectives
+read from HLO text, the roofline bound and the batch search."""
+
+import math
+
+import pytest
+
+from trainbench import compile as compile_lib
+from trainbench import hardware
+from trainbench.errors import ConfigError
+
+
+@pytest.mark.parametrize("text, kind, topology", [
+    ("local", "local", None),
+    ("tpu:v5e:2x2", "tpu", "v5e:2x2"),
+    ("tpu:v5p:4x4x4", "tpu", "v5p:4x4x4"),
+    ("tpu:tpu7x:2x2x1", "tpu", "tpu7x:2x2x1"),
+])
+def test_targets_parse(text, kind, topology):
+    target = compile_lib.parse_target(text)
+    assert (target.kind, target.topology, target.name) == (kind, topology, text)
+
+
+def test_an_unknown_topology_lists_the_known_generations():
+    with pytest.raises(ConfigError) as err:
+        compile_lib.parse_target("tpu:v9z:2x2")
+    message = str(err.value)
+    assert "'v9z:2x2' is not known" in message and "\n" not in message
+    for generation in ("v4", "v5e", "v5p", "v6e", "tpu7x"):
+        assert generation in message
+    with pytest.raises(ConfigError, match="topology 'v5e:2by2' is not known"):
+        compile_lib.parse_target("tpu:v5e:2by2")
+    with pytest.raises(ConfigError, match="must be local or tpu:<topology>"):
+        compile_lib.parse_target("gpu:h100")
+
+
+def test_a_tpu_target_without_libtpu_names_the_extra(monkeypatch):
+    real = compile_lib.importlib.util.find_spec
+    monkeypatch.setattr(compile_lib.importlib.util, "find_spec",
+                        lambda name: None if name == "libtpu" else real(name))
+    with pytest.raises(ConfigError, match=r"needs the TPU compiler libtpu.*trainbench\[tpu\]"):
+        compile_lib.check_compiler(compile_lib.parse_target("tpu:v5e:2x2"))
+    compile_lib.check_compiler(compile_lib.parse_target("local"))  # needs nothing
+
+
+def test_every_tpu_generation_has_its_hbm_in_the_hardware_table():
+    for generation, entry in compile_lib.TPU_GENERATIONS.items():
+        acc = hardware.accelerators()[entry]
+        assert acc.memory_gb > 0 and acc.memory_bandwidth_gbps > 0 and acc.source, generation
+    v5e = hardware.accelerators()["TPU v5e"]
+    assert compile_lib.hbm_per_device(v5e, 1) == 16 * 2**30
+    tpu7x = hardware.accelerators()["TPU7x"]
+    assert compile_lib.hbm_per_device(tpu7x, 2) == 96 * 2**30  # one of two TensorCores
+
+
+STATS = {"argument_size_in_bytes": 1000, "output_size_in_bytes": 900, "alias_size_in_bytes": 800,
+         "temp_size_in_bytes": 500, "generated_code_size_in_bytes": 100}
+
+
+def test_memory_total_and_verdict():
+    fits = compile_lib.memory_section(STATS, None, 2000, "table")
+    # arguments + outputs - donated aliases + temporaries + code
+    assert fits["per_device_bytes"] == 1000 + 900 - 800 + 500 + 100 == 1700
+    assert fits["fits"] is True and fits["headroom_bytes"] == 300
+    tight = compile_lib.memory_section(STATS, None, 1699, "table")
+    assert tight["fits"] is False and tight["headroom_bytes"] == -1
+    unknown = compile_lib.memory_section(STATS, None, None, "no table entry")
+    assert unknown["fits"] is None and unknown["headroom_bytes"] is None
+
+
+def test_an_out_of_memory_compile_does_not_fit_and_keeps_what_xla_needed():
+    message = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+               "temporaries (40.00G) exceeds available HBM (15.75G).")
+    out = compile_lib.memory_section(None, message, 16 * 2**30, "table")
+    assert out["fits"] is False and out["oom_message"] == message
+    assert out["per_device_bytes"] == 40 * 2**30
+    assert out["xla_available_bytes"] == int(15.75 * 2**30)
+    other = compile_lib.memory_section(None, "RESOURCE_EXHAUSTED: Used 20.5G of 15.75G hbm.",
+                                       16 * 2**30, "table")
+    assert other["fits"] is False and other["per_device_bytes"] == int(20.5 * 2**30)
+
+
+# A compiled module in the shape XLA:TPU prints it: an all-reduce inside an all-reduce-scatter
+# computation (a reduce-scatter), an async all-gather pair, a tuple all-reduce, a permute.
+HLO = """\
+HloModule jit_step
+
+%all-reduce-scatter.8 (input_0: f32[256,64], input_1: f32[64,64]) -> (f32[64,64], f32[16,64]) {
+  %input_0 = f32[256,64]{1,0:T(8,128)} parameter(0)
+  %input_1 = f32[64,64]{1,0:T(8,128)} parameter(1)
+  %all-reduce.63 = (f32[256,64]{1,0:T(8,128)}, f32[64,64]{1,0:T(8,128)}) all-reduce(%input_0, %input_1), channel_id=1, replica_groups={{0,1,2,3}}, to_apply=%add
+  ROOT %tuple = (f32[64,64]{1,0}, f32[16,64]{1,0}) tuple(%a, %b)
+}
+
+ENTRY %main.47_spmd (param: f32[64,64], param.1: bf16[16,1024]) -> f32[] {
+  %param = f32[64,64]{1,0:T(8,128)} parameter(0)
+  %param.1 = bf16[16,1024]{1,0:T(8,128)(2,1)} parameter(1)
+  %all-gather-start = (bf16[16,1024]{1,0}, bf16[64,1024]{1,0}) all-gather-start(%param.1), dimensions={0}
+  %all-gather-done = bf16[64,1024]{1,0} all-gather-done(%all-gather-start)
+  %all-reduce.62 = (f32[64,32]{1,0}, f32[]{:T(128)}) all-reduce(%param, %param), to_apply=%add
+  %collective-permute-start = (f32[64,64]{1,0}, f32[64,64]{1,0}, u32[]{:S(2)}, u32[]{:S(2)}) collective-permute-start(%param), source_target_pairs={{0,1}}
+  ROOT %fusion = f32[]{:T(128)} fusion(%all-gather-done), kind=kLoop, calls=%fused
+}
+"""
+
+
+def test_collectives_are_counted_by_kind_with_their_bytes():
+    got = compile_lib.collectives(HLO)
+    assert got["reduce-scatter"] == {"count": 1, "bytes": (256 * 64 + 64 * 64) * 4}
+    # an async all-gather's result tuple holds its shard and the gathered array
+    assert got["all-gather"] == {"count": 1, "bytes": 64 * 1024 * 2}
+    # a tuple all-reduce: the larger of its results and its operands, tuples summed
+    assert got["all-reduce"] == {"count": 1, "bytes": 2 * 64 * 64 * 4}
+    # an async permute's result tuple holds its input, output and two u32 sync flags
+    assert got["collective-permute"] == {"count": 1, "bytes": 64 * 64 * 4}
+    assert got["all-to-all"] == {"count": 0, "bytes": 0}
+
+
+def test_the_roofline_is_a_bound_and_says_so():
+    out = compile_lib.roofline(xla_flops=2e12, xla_bytes=1e9, peak_flops=1e14, bandwidth=1e12,
+                               model_flops_per_device=1e12)
+    assert out["compute_s"] == pytest.approx(0.02) and out["memory_s"] == pytest.approx(1e-3)
+    assert out["limited_by"] == "compute" and out["step_time_bound_s"] == pytest.approx(0.02)
+    # model FLOPs are half of XLA's: the ceiling is 50% of peak
+    assert out["mfu_ceiling"] == pytest.approx(0.5)
+    assert "bound, not a measurement" in out["note"]
+    memory_bound = compile_lib.roofline(1e9, 1e12, 1e14, 1e12, 1e9)
+    assert memory_bound["limited_by"] == "memory" and memory_bound["step_time_bound_s"] == 1.0
+    no_peak = compile_lib.roofline(1e9, 1e9, None, 1e12, 1e9)
+    assert no_peak["mfu_ceiling"] is None and "not computed" in no_peak["note"]
+
+
+@pytest.mark.parametrize("largest", [0, 1, 3, 4, 5, 8, 100, 1000])
+def test_the_batch_search_finds_the_largest_batch_that_fits(largest):
+    step, limit = 4, 512  # a mesh of 4 devices, up to 128 sequences per device
+    calls = []
+
+    def probe(batch):
+        calls.append(batch)
+        return compile_lib.Probe(batch, batch <= largest * step, None, 0.0)
+
+    best, probes = compile_lib.search_batch(probe, step, limit)
+    expected = min(largest, limit // step) * step
+    assert best == (expected or None)
+    assert [p.batch_size for p in probes] == calls and len(set(calls)) == len(calls)
+    assert all(b % step == 0 and b <= limit for b in calls)
+    assert len(calls) <= 2 * math.log2(limit // step) + 2  # doubling, then bisection

@@ -1,0 +1,227 @@
+"""`trainbench compile` for TPU topologies on the CPU: libtpu's XLA:TPU compiles the run's real
+step (backends/jax/aot.py) for v5e and v6e slices; the record's memory, collectives, FLOP ratio
+and roofline bound; refusals before any compile. Compiles are shared across tests per module."""
+
+import json
+
+import pytest
+
+from trainbench import cli
+from trainbench import compile as compile_lib
+from trainbench.backends.jax import aot
+from trainbench.errors import ConfigError
+
+pytest.importorskip("libtpu", reason="the tpu extra (libtpu) is part of `make setup`")
+
+
+def _plan(target, *overrides, search="none"):
+    """The record `trainbench compile target=... overrides` writes (not written here)."""
+    [cfg] = cli.compose_run_configs([["backend=jax", *overrides]])
+    return compile_lib.plan(cfg, cli._preset_name(cfg.model), compile_lib.parse_target(target),
+                            search, aot, {})
+
+
+TINY = ("model=tiny", "precision=bf16", "backend.attention=pallas", "train.batch_size=8")
+MESHES = {"dp": ("backend.data_parallel=4",), "fsdp": ("backend.data_parallel=1",
+                                                       "backend.fsdp=4")}
+
+
+@pytest.fixture(scope="module", params=[(t, m) for t in ("v5e:2x2", "v6e:2x2") for m in MESHES],
+                ids=lambda p: f"{p[0]}-{p[1]}")
+def tiny_plan(request):
+    topology, mesh = request.param
+    return topology, mesh, _plan(f"tpu:{topology}", *TINY, *MESHES[mesh])
+
+
+def test_tiny_compiles_for_the_chip_with_pallas_attention(tiny_plan):
+    topology, mesh, record = tiny_plan
+    assert record["status"] == "compiled", record["cause"]
+    c = record["compile"]
+    chip = {"v5e:2x2": "TPU v5e", "v6e:2x2": "TPU v6e"}[topology]
+    assert (c["target"], c["chip"], c["chips"], c["devices"]) == (f"tpu:{topology}", chip, 4, 4)
+    assert c["mesh"] == ({"dp": 4, "fsdp": 1, "tp": 1} if mesh == "dp" else {"dp": 1, "fsdp": 4, "tp": 1})
+    assert record["device"] == {**record["device"], "name": chip, "kind": "tpu",
+                                "attention": "pallas"}
+    m = c["memory"]
+    assert m["fits"] is True and 0 < m["per_device_bytes"] < m["hbm_bytes"]
+    assert m["headroom_bytes"] == m["hbm_bytes"] - m["per_device_bytes"]
+    assert m["argument_bytes"] > 0 and m["generated_code_bytes"] > 0
+    # the parameters and the AdamW state are donated: XLA aliases them to the outputs
+    assert m["alias_bytes"] > 0
+    assert c["compile_s"] > 0 and json.dumps(record)  # the record is plain JSON
+
+
+def test_fsdp_gathers_and_scatters_and_data_parallel_all_reduces(tiny_plan):
+    _, mesh, record = tiny_plan
+    comms = record["compile"]["collectives"]
+    if mesh == "fsdp":
+        assert comms["all-gather"]["count"] > 0 and comms["all-gather"]["bytes"] > 0
+        assert comms["reduce-scatter"]["count"] > 0 and comms["reduce-scatter"]["bytes"] > 0
+    else:  # whole weights on every device: only the gradients' all-reduce
+        assert comms["all-reduce"]["count"] > 0
+        assert comms["all-gather"]["count"] == comms["reduce-scatter"]["count"] == 0
+        # it carries every gradient once: a matrix's in the compute dtype (bf16, its matmul's
+        # output), a norm gain's in float32; so at least 2 bytes per parameter
+        assert comms["all-reduce"]["bytes"] >= record["params"] * 2
+    assert record["compile"]["collective_bytes"] == sum(c["bytes"] for c in comms.values())
+
+
+def test_the_roofline_bound_is_labelled_and_below_the_peak(tiny_plan):
+    _, _, record = tiny_plan
+    roof = record["compile"]["roofline"]
+    assert "bound, not a measurement" in roof["note"]
+    assert roof["step_time_bound_s"] > 0 and 0 < roof["mfu_ceiling"] <= 1
+    assert "metrics" not in record  # nothing measured
+
+
+@pytest.fixture(scope="module")
+def xla_plan():
+    return _plan("tpu:v5e:2x2", "model=tiny", "precision=bf16", "backend.fsdp=4")
+
+
+def test_xla_flops_over_model_flops_lie_in_their_band(xla_plan, tiny_plan):
+    # attention=xla: XLA counts the full square of causal attention (the mask is a select)
+    # and the element-wise work (norms, rope, softmax, SiLU, loss, AdamW), a few FLOPs per
+    # element: in this tiny model under half of the matmul FLOPs on top. (The CPU backend's
+    # own cost analysis lies in the same band, tests/test_backend_jax.py.)
+    assert 1.0 <= xla_plan["compile"]["flop_ratio"] <= 1.5, xla_plan["compile"]["flop_ratio"]
+    # attention=pallas: the kernel is a Mosaic custom call XLA does not count, so the ratio
+    # drops by at most the attention products' share of the model FLOPs
+    _, _, record = tiny_plan
+    f = record["flops"]["breakdown"]
+    attention_share = f["attn_scores"] / (f["training_total"] / 3)
+    assert 1.0 - attention_share <= record["compile"]["flop_ratio"] <= 1.5
+
+
+def test_local_target_compiles_for_this_machine():
+    # the CPU: XLA's memory plan, but no HBM in the hardware table, so no verdict and no bound
+    record = _plan("local", "model=tiny")
+    assert record["status"] == "compiled", record["cause"]
+    c = record["compile"]
+    assert c["target"] == "local" and record["device"]["kind"] == "cpu"
+    assert c["memory"]["per_device_bytes"] > 0 and c["memory"]["fits"] is None
+    assert c["roofline"]["mfu_ceiling"] is None and c["xla_flops"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("topology", ["v5e:2x2", "v6e:2x2"])
+@pytest.mark.parametrize("mesh", list(MESHES))
+def test_small_compiles_with_pallas_attention(topology, mesh):
+    record = _plan(f"tpu:{topology}", "model=small", "precision=bf16", "train.seq_len=256",
+                   "backend.attention=pallas", "train.batch_size=8", *MESHES[mesh])
+    assert record["status"] == "compiled", record["cause"]
+    c = record["compile"]
+    assert c["memory"]["fits"] is True and c["chips"] == 4
+    kinds = {k for k, v in c["collectives"].items() if v["count"]}
+    if mesh == "fsdp":  # weights gathered; gradients scattered (or all-reduced, as XLA:TPU
+        # chooses for some of them: see the tiny model's test for the reduce-scatters)
+        assert "all-gather" in kinds and kinds & {"reduce-scatter", "all-reduce"}
+    else:
+        assert "all-reduce" in kinds and "all-gather" not in kinds
+
+
+def test_state_larger_than_the_chip_does_not_fit():
+    # a 2-layer model with a 300k vocabulary: 1.24e9 parameters, like llama32_1b, in two
+    # matrices; float32 AdamW keeps weights, two moments and gradients, 16 bytes each = 19.8 GB
+    # against one v5e chip's 16 GiB. XLA refuses it fast (few ops), with its message.
+    record = _plan("tpu:v5e:2x2", "model=tiny", "model.vocab=300000", "model.d_model=2048",
+                   "model.n_heads=16", "model.n_kv_heads=8", "model.head_dim=128",
+                   "train.seq_len=64", "train.batch_size=1", "backend.data_parallel=1")
+    assert record["status"] == "compiled", record["cause"]
+    memory = record["compile"]["memory"]
+    assert memory["fits"] is False and record["compile"]["chips"] == 1
+    assert memory["oom_message"].startswith("RESOURCE_EXHAUSTED")
+    assert memory["per_device_bytes"] > memory["xla_available_bytes"] > 15 * 2**30
+    assert memory["headroom_bytes"] < 0
+    assert record["compile"]["roofline"]["mfu_ceiling"] is None  # nothing compiled to bound
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)  # XLA searches long for a plan before it gives up on memory
+def test_llama32_1b_fp32_fits_one_v5e_chip_only_sharded():
+    # float32 AdamW: weights, two moments and gradients, 16 bytes x 1.24e9 parameters = 19.8 GB
+    # on one chip of 16 GiB; FSDP over the 4 chips of v5e:2x2 leaves a quarter of it per chip
+    one = _plan("tpu:v5e:2x2", "model=llama32_1b", "precision=fp32", "train.seq_len=128",
+                "train.batch_size=1", "backend.data_parallel=1")
+    assert one["status"] == "compiled", one["cause"]
+    memory = one["compile"]["memory"]
+    assert memory["fits"] is False and one["compile"]["chips"] == 1
+    assert memory["oom_message"].startswith("RESOURCE_EXHAUSTED")
+    four = _plan("tpu:v5e:2x2", "model=llama32_1b", "precision=fp32", "train.seq_len=128",
+                 "train.batch_size=4", "backend.data_parallel=1", "backend.fsdp=4")
+    assert four["status"] == "compiled", four["cause"]
+    memory = four["compile"]["memory"]
+    assert memory["fits"] is True and 0 < memory["headroom_bytes"]
+    assert memory["per_device_bytes"] >= 16 * one["params"] / 4  # the sharded state
+
+
+def _exit_code_and_error(capsys, *argv):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["compile", *argv])
+    return exit_info.value.code, capsys.readouterr().err.strip()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["target=tpu:v9:2x2", "backend=jax"], "topology 'v9:2x2' is not known; use "
+                                           "<generation>:<chips per axis> with a generation "
+                                           "among v4, v5e, v5p, v6e, tpu7x"),
+    (["target=tpu:v5e:3x3", "backend=jax"], "target=tpu:v5e:3x3: libtpu cannot build this "
+                                            "topology"),
+    (["target=tpu:v5e:2x2", "backend=jax", "backend.fsdp=3"],
+     "backend.fsdp=3 does not divide the device count 4"),
+    (["target=tpu:v5e:2x2", "backend=jax", "train.batch_size=6"],
+     "train.batch_size=6 is not divisible by the 4 devices of the mesh"),
+    (["target=tpu:v5e:2x2", "backend=torch"], "backend=torch: trainbench compile builds the "
+                                              "jax backend's step"),
+    (["backend=jax"], "trainbench compile needs target=local or target=tpu:<topology>"),
+    (["target=tpu:v5e:2x2", "model=nope"], "model=nope is not a known option"),
+    (["target=tpu:v5e:2x2", "search=all"], "search='all' must be one of: none, batch"),
+])
+def test_bad_input_is_one_line_and_exit_2_before_any_compile(capsys, monkeypatch, tmp_path,
+                                                            argv, message):
+    from trainbench.backends.jax import step
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(step, "jit_train_step", lambda *a: pytest.fail("built a bad input"))
+    code, err = _exit_code_and_error(capsys, *argv)
+    assert code == 2 and message in err and len(err.splitlines()) == 1, err
+    assert not list(tmp_path.rglob("*.json"))
+
+
+def test_a_step_the_compiler_rejects_is_recorded_as_failed_with_its_message(capsys,
+                                                                            tmp_path):
+    # Mosaic's tiling rules: the kernel's log-sum-exp row block (1, 16) over a 64-long
+    # sequence is neither a multiple of 128 lanes nor the whole row
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["compile", "target=tpu:v5e:2x2", "model=tiny", "backend=jax",
+                  "backend.attention=pallas", "backend.flash_block_size=16",
+                  f"results_dir={tmp_path}"])
+    assert exit_info.value.code == 1
+    [path] = tmp_path.glob("*.json")
+    record = json.loads(path.read_text())
+    assert record["status"] == "failed"
+    assert record["cause"].startswith("CompileFailed: ") and "128" in record["cause"]
+
+
+def test_the_batch_search_records_every_probe(monkeypatch):
+    """The search through plan() with a stand-in compiler that runs out of memory above 3
+    sequences per device (the search's own logic is tested in test_compile.py)."""
+    stats = {"argument_size_in_bytes": 2**20, "output_size_in_bytes": 2**20,
+             "alias_size_in_bytes": 2**20, "temp_size_in_bytes": 2**20,
+             "generated_code_size_in_bytes": 2**20}
+    mesh = {"dp": 4, "fsdp": 1, "tp": 1}
+
+    def compile_step(cfg, devices, batch):
+        if batch > 12:
+            return aot.Compiled("TPU v5 lite", "tpu", mesh, None,
+                                "RESOURCE_EXHAUSTED: Used 20.5G of 15.75G hbm.")
+        return aot.Compiled("TPU v5 lite", "tpu", mesh, stats, None, {"flops": 1e9})
+
+    monkeypatch.setattr(aot, "compile_step", compile_step)
+    record = _plan("tpu:v5e:2x2", "model=tiny", "backend.data_parallel=4", search="batch")
+    search = record["compile"]["search"]
+    assert search["best_batch_size"] == 12 and search["best_per_device_batch"] == 3
+    assert record["batch_size"] == 12 == record["config"]["train"]["batch_size"]
+    assert [p["batch_size"] for p in search["probes"]] == [4, 8, 16, 12]
+    assert [p["fits"] for p in search["probes"]] == [True, True, False, True]
+    assert record["compile"]["memory"]["fits"] is True
