@@ -170,7 +170,7 @@ def _exit_code_and_error(capsys, *argv):
     (["target=tpu:v5e:2x2", "backend=jax", "backend.fsdp=3"],
      "backend.fsdp=3 does not divide the device count 4"),
     (["target=tpu:v5e:2x2", "backend=jax", "train.batch_size=6"],
-     "train.batch_size=6 is not divisible by the 4 devices of the mesh"),
+     "train.batch_size=6 is not divisible by the 4 data-parallel devices of the mesh"),
     (["target=tpu:v5e:2x2", "backend=torch"], "backend=torch: trainbench compile builds the "
                                               "jax backend's step"),
     (["backend=jax"], "trainbench compile needs target=local or target=tpu:<topology>"),

@@ -183,8 +183,8 @@ def test_columns_flag_chooses_and_rejects(capsys):
 
 def test_records_of_an_unknown_status_are_left_out_with_a_note(loaded, tmp_path, capsys):
     records, _, _ = loaded
-    plan = {**{k: v for k, v in records[0].items() if k != "_path"}, "run_id": "plan_v5e",
-            "status": "compiled", "metrics": None}
+    plan = {**{k: v for k, v in records[0].items() if k != "_path"}, "run_id": "queued_run",
+            "status": "queued", "metrics": None}
     for path in RECORDS.glob("*.json"):
         (tmp_path / path.name).write_text(path.read_text())
     (tmp_path / "plan.json").write_text(json.dumps(plan))
@@ -192,10 +192,10 @@ def test_records_of_an_unknown_status_are_left_out_with_a_note(loaded, tmp_path,
         cli.main(["report", str(tmp_path), "--markdown"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    assert "plan_v5e" not in out
-    assert "1 record(s) with status 'compiled' are not shown" in out
+    assert "queued_run" not in out
+    assert "1 record(s) with status 'queued' are not shown" in out
     df, _ = report.to_convention(report.frame([*records, plan]), "causal")
-    assert "compiled" not in set(report.failures(df).status)
+    assert "queued" not in set(report.failures(df).status)
     assert report.group(df)["n"].sum() == len(df[df.status == "ok"])
 
 

@@ -91,20 +91,20 @@ def test_each_row_has_its_runs_environment_and_config(page):
 
 def test_sections_are_a_list_and_unknown_statuses_get_a_note(page):
     p, _ = page
-    plan = {**p.records[0], "run_id": "plan_v5e", "status": "compiled", "metrics": None}
+    plan = {**p.records[0], "run_id": "queued_run", "status": "queued", "metrics": None}
     records = [*p.records, plan]
     df, _ = report.to_convention(report.frame(records), "causal")
     assert report_html.unshown_notes(df) == [
-        "1 record(s) with status 'compiled' are not shown: no part of this report knows that "
+        "1 record(s) with status 'queued' are not shown: no part of this report knows that "
         "status"]
-    compiled = report_html.Section(
-        "Compiled plans", lambda pg: "<p>" + ", ".join(pg.df[pg.df.status == "compiled"].run_id)
-        + "</p>", ("compiled",))
-    sections = [*report_html.SECTIONS, compiled]
+    queued = report_html.Section(
+        "Queued runs", lambda pg: "<p>" + ", ".join(pg.df[pg.df.status == "queued"].run_id)
+        + "</p>", ("queued",))
+    sections = [*report_html.SECTIONS, queued]
     assert report_html.unshown_notes(df, sections) == []
     page2 = report_html.Page("t", records, df, report.group(df))
     text = report_html.render(page2, sections)
-    assert "<h2>Compiled plans</h2><p>plan_v5e</p>" in text
+    assert "<h2>Queued runs</h2><p>queued_run</p>" in text
     assert len(Elements(text).find("tr", **{"class": "result"})) == len(p.grouped)
 
 
@@ -179,3 +179,24 @@ def test_page_in_headless_chromium(tmp_path):
              page_path.as_uri())
     pixels = matplotlib.image.imread(shot)
     assert pixels.shape[:2] == (3000, 1300) and pixels[..., :3].std() > 0.05
+
+
+@pytest.mark.parametrize("with_runs", [False, True])
+def test_compiled_plans_get_their_own_section(tmp_path, capsys, with_runs):
+    """The committed TPU plans (benchmarks/tpu/) as a table of their own, with or without
+    measured runs beside them, never among the measured rows."""
+    plans = sorted((ROOT / "benchmarks" / "tpu").glob("compile_*.json"))
+    folder = tmp_path / "records"
+    folder.mkdir()
+    for path in plans + (sorted(RECORDS.glob("*.json")) if with_runs else []):
+        shutil.copy(path, folder / path.name)
+    out = tmp_path / "page.html"
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["report", str(folder), "--html", str(out)])
+    assert exc.value.code == 0
+    text = out.read_text()
+    assert "<h2>Compiled plans</h2>" in text
+    rows = Elements(text).find("tr", **{"class": "plan"})
+    assert len(rows) == len(plans)
+    assert "not measurements" in text and "status 'compiled'" not in text
+    assert ("<h2>Results</h2>" in text) == with_runs

@@ -100,8 +100,9 @@ def make_mesh(data: int, fsdp: int, *, tensor: int = 1,
                           + (f" / backend.tensor_parallel={tensor}" if tensor > 1 else ""))
     if data == -1:
         if total % (fsdp * tensor):
-            raise ConfigError(f"backend.fsdp={fsdp} x backend.tensor_parallel={tensor} does not "
-                              f"divide the device count {total}")
+            raise ConfigError(f"backend.fsdp={fsdp}"
+                              + (f" x backend.tensor_parallel={tensor}" if tensor > 1 else "")
+                              + f" does not divide the device count {total}")
         data = total // (fsdp * tensor)
     used = data * fsdp * tensor
     if data < 1 or used > total:
