@@ -1,4 +1,4 @@
-"""Compiled plans (DESIGN.md, "Compile targets"): what the target's compiler says about a run's
+"""Compiled plans (docs/records.md, "Compiled plans"): what the target's compiler says about a run's
 step, without the hardware. Framework-free: the target grammar, the memory verdict, the
 collectives of the compiled HLO text, the roofline bound, the batch search and the record.
 The JAX side (backends/jax/aot.py) builds and compiles the step and hands back its analyses.
