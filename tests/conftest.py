@@ -19,6 +19,35 @@ absl.logging.get_absl_handler().python_handler.stream = sys.__stderr__
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def attention_inputs(B: int, T: int, Hq: int, Hkv: int, D: int, seed: int = 0):
+    """float32 q [B, T, Hq, D], k, v [B, T, Hkv, D] and an output gradient, for attention tests."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal((B, T, Hq, D)).astype(np.float32)
+    k = rng.standard_normal((B, T, Hkv, D)).astype(np.float32)
+    v = rng.standard_normal((B, T, Hkv, D)).astype(np.float32)
+    dout = rng.standard_normal((B, T, Hq, D)).astype(np.float32)
+    return q, k, v, dout
+
+
+def check_jax_attention_fp32(attend, q, k, v, dout) -> None:
+    """`attend(q, k, v)` (a JAX attention function) and its gradients equal the reference
+    attention's in float32: a few ulp of values of order 1, as an online softmax rounds."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from trainbench import ops
+
+    want, cache = ops.attention_fwd(q, k, v)
+    want_grads = ops.attention_bwd(dout, cache)
+    got, vjp = jax.vjp(attend, q, k, v)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+    for name, g, w in zip("qkv", vjp(jnp.asarray(dout)), want_grads):
+        np.testing.assert_allclose(np.asarray(g), w, rtol=1e-4, atol=1e-5, err_msg=f"d{name}")
+
+
 def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run `python -m trainbench ARGS` in a subprocess, as a user would run `trainbench`."""
     env = dict(os.environ)

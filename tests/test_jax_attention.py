@@ -14,30 +14,17 @@ from trainbench import ops
 from trainbench.backends.jax.attention import (MAX_BLOCKS, QUERY_BLOCK, query_block,
                                                xla_attention)
 
+from conftest import attention_inputs, check_jax_attention_fp32
+
 # B, T, Hq, Hkv, D: one block, exactly two blocks, a ragged last block (T not a multiple of the
 # block), grouped-query (4 query heads per kv head) and plain multi-head
 SHAPES = [(2, 40, 4, 2, 16), (1, 2 * QUERY_BLOCK, 4, 1, 8), (1, 2 * QUERY_BLOCK + 44, 2, 2, 16)]
 
 
-def _inputs(B, T, Hq, Hkv, D, seed=0):
-    rng = np.random.default_rng(seed)
-    q = rng.standard_normal((B, T, Hq, D)).astype(np.float32)
-    k = rng.standard_normal((B, T, Hkv, D)).astype(np.float32)
-    v = rng.standard_normal((B, T, Hkv, D)).astype(np.float32)
-    dout = rng.standard_normal((B, T, Hq, D)).astype(np.float32)
-    return q, k, v, dout
-
-
 @pytest.mark.parametrize("B, T, Hq, Hkv, D", SHAPES)
 def test_forward_and_backward_match_the_reference_fp32(B, T, Hq, Hkv, D):
-    q, k, v, dout = _inputs(B, T, Hq, Hkv, D)
-    want, cache = ops.attention_fwd(q, k, v)
-    want_grads = ops.attention_bwd(dout, cache)
-    got, vjp = jax.vjp(jax.jit(xla_attention), q, k, v)
-    # float32, a different summation order than NumPy's: a few ulp of values of order 1
-    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
-    for name, g, w in zip("qkv", vjp(jnp.asarray(dout)), want_grads):
-        np.testing.assert_allclose(np.asarray(g), w, rtol=1e-4, atol=1e-5, err_msg=f"d{name}")
+    # float32, another summation order than NumPy's
+    check_jax_attention_fp32(jax.jit(xla_attention), *attention_inputs(B, T, Hq, Hkv, D))
 
 
 def _dots(fn, *args):
@@ -50,7 +37,7 @@ def _dots(fn, *args):
 
 def test_blocks_skip_the_masked_triangle_and_share_kv_heads():
     B, T, Hq, Hkv, D = 1, 4 * QUERY_BLOCK, 8, 2, 4
-    q, k, v, _ = _inputs(B, T, Hq, Hkv, D)
+    q, k, v, _ = attention_inputs(B, T, Hq, Hkv, D)
     dots = _dots(xla_attention, q, k, v)
     blocks = T // QUERY_BLOCK
     assert len(dots) == 2 * blocks  # scores and value product per block
@@ -77,7 +64,7 @@ def test_a_long_sequence_traces_to_at_most_max_blocks():
 
 
 def test_forward_bf16_is_within_bf16_rounding():
-    q, k, v, _ = _inputs(1, QUERY_BLOCK + 40, 4, 2, 16, seed=1)
+    q, k, v, _ = attention_inputs(1, QUERY_BLOCK + 40, 4, 2, 16, seed=1)
     want, _ = ops.attention_fwd(q, k, v)
     got = jax.jit(xla_attention)(*[jnp.asarray(x, jnp.bfloat16) for x in (q, k, v)])
     # inputs, probabilities and output are each rounded to bf16 (2**-9 relative): a few 1e-3 of

@@ -14,6 +14,8 @@ from jax.experimental.pallas import tpu as pltpu
 
 from trainbench.backends.jax.flash_pallas import flash_attention
 
+from conftest import attention_inputs, check_jax_attention_fp32
+
 POISONED = pltpu.InterpretParams(uninitialized_memory="nan")
 
 # B, T, Hq, Hkv, D, block: ragged T (not a multiple of the block), one block larger than T,
@@ -21,29 +23,14 @@ POISONED = pltpu.InterpretParams(uninitialized_memory="nan")
 SHAPES = [(2, 40, 4, 2, 16, 16), (1, 24, 4, 1, 8, 64), (1, 32, 2, 2, 16, 8)]
 
 
-def _inputs(B, T, Hq, Hkv, D, seed=0):
-    rng = np.random.default_rng(seed)
-    q = rng.standard_normal((B, T, Hq, D)).astype(np.float32)
-    k = rng.standard_normal((B, T, Hkv, D)).astype(np.float32)
-    v = rng.standard_normal((B, T, Hkv, D)).astype(np.float32)
-    dout = rng.standard_normal((B, T, Hq, D)).astype(np.float32)
-    return q, k, v, dout
-
-
 @pytest.mark.parametrize("B, T, Hq, Hkv, D, block", SHAPES)
 def test_forward_and_backward_match_the_reference_fp32(B, T, Hq, Hkv, D, block):
-    q, k, v, dout = _inputs(B, T, Hq, Hkv, D)
-    want, cache = ops.attention_fwd(q, k, v)
-    want_grads = ops.attention_bwd(dout, cache)
-    got, vjp = jax.vjp(lambda a, b, c: flash_attention(a, b, c, block, POISONED), q, k, v)
-    # float32 with an online softmax: errors of a few ulp of values of order 1
-    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
-    for name, g, w in zip("qkv", vjp(jnp.asarray(dout)), want_grads):
-        np.testing.assert_allclose(np.asarray(g), w, rtol=1e-4, atol=1e-5, err_msg=f"d{name}")
+    check_jax_attention_fp32(lambda a, b, c: flash_attention(a, b, c, block, POISONED),
+                             *attention_inputs(B, T, Hq, Hkv, D))
 
 
 def test_forward_bf16_is_within_bf16_rounding():
-    q, k, v, _ = _inputs(1, 40, 4, 2, 16, seed=1)
+    q, k, v, _ = attention_inputs(1, 40, 4, 2, 16, seed=1)
     want, _ = ops.attention_fwd(q, k, v)
     as_bf16 = [jnp.asarray(x, jnp.bfloat16) for x in (q, k, v)]
     got = np.asarray(flash_attention(*as_bf16, 16, POISONED).astype(jnp.float32))
