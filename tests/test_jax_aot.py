@@ -39,7 +39,8 @@ def test_tiny_compiles_for_the_chip_with_pallas_attention(tiny_plan):
     c = record["compile"]
     chip = {"v5e:2x2": "TPU v5e", "v6e:2x2": "TPU v6e"}[topology]
     assert (c["target"], c["chip"], c["chips"], c["devices"]) == (f"tpu:{topology}", chip, 4, 4)
-    assert c["mesh"] == ({"dp": 4, "fsdp": 1, "tp": 1} if mesh == "dp" else {"dp": 1, "fsdp": 4, "tp": 1})
+    assert c["mesh"] == ({"dp": 4, "fsdp": 1, "tp": 1} if mesh == "dp"
+                         else {"dp": 1, "fsdp": 4, "tp": 1})
     assert record["device"] == {**record["device"], "name": chip, "kind": "tpu",
                                 "attention": "pallas"}
     m = c["memory"]
@@ -225,3 +226,23 @@ def test_the_batch_search_records_every_probe(monkeypatch):
     assert [p["batch_size"] for p in search["probes"]] == [4, 8, 16, 12]
     assert [p["fits"] for p in search["probes"]] == [True, True, False, True]
     assert record["compile"]["memory"]["fits"] is True
+
+
+def test_fsdp_by_tensor_parallel_compiles_on_a_2d_mesh():
+    """Issue 13's tensor axis through the compile path: a 2 x 2 FSDP x TP mesh on v5e:2x2 (the
+    batch splits over the 2 FSDP devices only), TP's collectives in the program."""
+    record = _plan("tpu:v5e:2x2", "model=tiny", "backend.data_parallel=1", "backend.fsdp=2",
+                   "backend.tensor_parallel=2", "train.batch_size=2")
+    assert record["status"] == "compiled", record["cause"]
+    c = record["compile"]
+    assert c["mesh"] == {"dp": 1, "fsdp": 2, "tp": 2} and record["device"]["count"] == 4
+    assert c["memory"]["fits"] is True
+    comms = c["collectives"]
+    # FSDP gathers weights; TP's row-parallel outputs and gradients are all-reduced
+    assert comms["all-gather"]["count"] > 0 and comms["all-reduce"]["count"] > 0
+
+
+def test_a_tensor_axis_the_heads_do_not_divide_is_refused_before_compiling():
+    with pytest.raises(ConfigError, match="backend.tensor_parallel=3"):
+        _plan("tpu:v5e:2x2", "model=tiny", "backend.data_parallel=1",
+              "backend.tensor_parallel=3", "train.batch_size=2")
