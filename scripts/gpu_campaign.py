@@ -106,8 +106,9 @@ class Variant:
 # runs at ~75 GB; the same 12 everywhere keeps the runs comparable. jax attention=xla keeps every
 # layer's [heads, T, T] scores (32 x 2048^2 x 6 bytes per sequence per layer): batch 4, ~103 GB.
 # Time limits and minimums are estimates, not measurements: every run first draws its 1.24B
-# initial weights with NumPy on the CPU (~20 s; trainbench.model.init_params), then compiles
-# (torch.compile or XLA: tens of seconds; Triton JIT: seconds per kernel); 10 steps take ~5 s.
+# initial weights with NumPy on the host (19 s on 2 busy cores, spread over every core;
+# trainbench.model.init_params), then compiles (torch.compile or XLA: tens of seconds; Triton
+# JIT: seconds per kernel); 10 steps take ~5 s.
 TRAIN_VARIANTS = (
     Variant("torch-native", ("backend=torch", "backend.device=cuda"), 12, 120, 45),
     Variant("torch-compile", ("backend=torch", "backend.device=cuda", "backend.compile=true"), 12,
