@@ -209,14 +209,17 @@ def roofline(xla_flops: float | None, xla_bytes: float | None, peak_flops: float
              bandwidth: float | None, model_flops_per_device: float) -> dict[str, Any]:
     """A lower bound on the step time of one device, max(FLOPs / peak, bytes / HBM bandwidth)
     (the roofline model, Williams et al. 2009), and the MFU ceiling it implies: model FLOPs per
-    device / (bound x peak). A BOUND from XLA's counts, never a measurement; None where the
-    peak (e.g. no fp32 peak for TPUs) or a count is missing."""
-    note = ("bound, not a measurement: max(XLA FLOPs / peak, XLA bytes accessed / HBM "
-            "bandwidth) per device; communication and overlap ignored")
+    device / (bound x peak), at most 1. The FLOPs are the larger of XLA's count and the model's:
+    XLA does not count custom calls (Pallas/splash kernels), and a device does at least the
+    model's matmuls. A BOUND, never a measurement; None where the peak (e.g. no fp32 peak for
+    TPUs) or a count is missing."""
+    note = ("bound, not a measurement: max(max(XLA FLOPs, model FLOPs) / peak, XLA bytes "
+            "accessed / HBM bandwidth) per device; communication and overlap ignored")
     if None in (xla_flops, xla_bytes, peak_flops, bandwidth):
         return {"step_time_bound_s": None, "mfu_ceiling": None, "limited_by": None,
                 "note": note + "; not computed: a peak, bandwidth or XLA count is missing"}
-    compute_s, memory_s = xla_flops / peak_flops, xla_bytes / bandwidth
+    flops = max(xla_flops, model_flops_per_device)
+    compute_s, memory_s = flops / peak_flops, xla_bytes / bandwidth
     bound = max(compute_s, memory_s)
     return {"step_time_bound_s": bound, "compute_s": compute_s, "memory_s": memory_s,
             "limited_by": "compute" if compute_s >= memory_s else "memory",
