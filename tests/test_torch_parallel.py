@@ -230,7 +230,12 @@ def _rank_main(parallel: str, tp: int, precision: str, kernels: str) -> None:
                    forward_weight_dtype=seen[0],
                    master_dtypes=sorted({str(p.dtype) for p in names.values()}))
         print(json.dumps(out))
-    dist.barrier()  # leave together (gloo's threads can abort a rank that exits first)
+    # Leave together and skip the interpreter's teardown: gloo's threads can still abort a rank
+    # while Python tears down ("terminate called without an active exception"), after the work
+    # is done and printed.
+    dist.barrier()
+    sys.stdout.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
