@@ -280,7 +280,9 @@ def cmd_report(argv: Sequence[str]) -> int:
 
     columns = report.select_columns(args.columns)
 
-    def load(paths: Sequence[str]) -> tuple[list[dict[str, Any]], Any, list[str]]:
+    def load(paths: Sequence[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Any,
+                                            list[str]]:
+        """Compiled plans, measured records, their frame and notes (read once)."""
         records, skipped = results.load_records(paths)
         for note in skipped:
             print(f"skipped {note}", file=sys.stderr)
@@ -288,19 +290,18 @@ def cmd_report(argv: Sequence[str]) -> int:
         if not records and not plans:
             raise ConfigError("no trainbench records found under " + " ".join(paths))
         if not records:
-            return records, None, []
+            return plans, records, None, []
         df, notes = report.to_convention(report.frame(records), args.attention)
-        return records, df, notes + report.peak_notes(df)
+        return plans, records, df, notes + report.peak_notes(df)
 
     costs = report.load_costs(args.costs)
-    plans, _ = compile_report.split(results.load_records(args.paths)[0])
+    plans, records, df, notes = load(args.paths)
     if plans:  # compiled plans: their own table, never among the measured runs below
         shown_plans = compile_report.frame(plans)
         if args.markdown:
             print(report.markdown(shown_plans) + "\n")
         else:
             report.print_frame(shown_plans, compile_report.TITLE)
-    records, df, notes = load(args.paths)
     title = f"trainbench report ({args.attention} attention FLOPs)"
     if not records:
         if args.html:  # a page of compiled plans alone
@@ -337,7 +338,7 @@ def cmd_report(argv: Sequence[str]) -> int:
         print(f"wrote {report_html.write(page, args.html)}")
     plots.close(figures)
     if args.baseline:
-        _, base_df, _ = load(args.baseline)
+        _, _, base_df, _ = load(args.baseline)
         if base_df is None:
             raise ConfigError("--baseline: only compiled plans under " + " ".join(args.baseline)
                               + "; a baseline needs measured runs")
