@@ -44,6 +44,27 @@ def test_remat_gives_the_same_losses_and_counts_its_recomputation():
     assert 0.75 * extra <= added <= 1.25 * extra, (added, extra)
 
 
+@pytest.mark.parametrize("remat", [False, True])
+def test_scanned_layers_train_like_unrolled_ones(remat):
+    plain, plain_losses = _train(remat=remat)
+    scanned, scanned_losses = _train(remat=remat, scan_layers=True)
+    # the same float32 ops inside a loop: only XLA's fusion may differ, so 1e-6 relative
+    np.testing.assert_allclose(scanned_losses, plain_losses, rtol=1e-6)
+    got, want = scanned.export_params(), plain.export_params()
+    assert list(got) == list(want)  # canonical names and order, unstacked
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-7, err_msg=name)
+    tokens = np.random.default_rng(1).integers(0, TINY.vocab, (8, 32)).astype(np.int32)
+    loss, grads = scanned.loss_and_grads(tokens)
+    plain_loss, plain_grads = plain.loss_and_grads(tokens)
+    np.testing.assert_allclose(loss, plain_loss, rtol=1e-6)
+    assert list(grads) == list(plain_grads)
+    for name in plain_grads:
+        np.testing.assert_allclose(grads[name], plain_grads[name], rtol=1e-4, atol=1e-7,
+                                   err_msg=name)
+    assert scanned.device().extra["scan_layers"] is True
+
+
 def test_bf16_trains_and_tracks_fp32():
     # a higher learning rate than the default so the loss falls clearly within 8 steps
     optim = OptimConfig(lr=3e-3)

@@ -116,6 +116,53 @@ def test_collectives_are_counted_by_kind_with_their_bytes():
     assert got["all-to-all"] == {"count": 0, "bytes": 0}
 
 
+LOOP_HLO = """HloModule jit_step, entry_computation_layout={()->f32[]}
+
+%add (x: f32[], y: f32[]) -> f32[] {
+  ROOT %sum = f32[] add(%x, %y)
+}
+
+%cond (p: (s32[], f32[64,64])) -> pred[] {
+  %param.1 = (s32[], f32[64,64]{1,0}) parameter(0)
+  %limit = s32[]{:T(128)} constant(12)
+  %i = s32[] get-tuple-element(%param.1), index=0
+  ROOT %lt = pred[]{:T(512)} compare(%i, %limit), direction=LT
+}
+
+%body (p: (s32[], f32[64,64])) -> (s32[], f32[64,64]) {
+  %param.2 = (s32[], f32[64,64]{1,0}) parameter(0)
+  %w = f32[64,64]{1,0} get-tuple-element(%param.2), index=1
+  %all-gather-start = (f32[16,64]{1,0}, f32[64,64]{1,0}) all-gather-start(%w), dimensions={0}
+  %all-reduce.1 = f32[64,64]{1,0} all-reduce(%w), to_apply=%add
+  ROOT %t = (s32[], f32[64,64]{1,0}) tuple(%i, %all-reduce.1)
+}
+
+%body.known (p: (s32[], f32[64,64])) -> (s32[], f32[64,64]) {
+  %param.3 = (s32[], f32[64,64]{1,0}) parameter(0)
+  %w.3 = f32[64,64]{1,0} get-tuple-element(%param.3), index=1
+  %all-reduce.2 = f32[64,64]{1,0} all-reduce(%w.3), to_apply=%add
+  ROOT %t.3 = (s32[], f32[64,64]{1,0}) tuple(%i, %all-reduce.2)
+}
+
+ENTRY %main (a: f32[64,64]) -> f32[] {
+  %a = f32[64,64]{1,0} parameter(0)
+  %init = (s32[], f32[64,64]{1,0}) tuple(%zero, %a)
+  %while.1 = (s32[], f32[64,64]{1,0}) while(%init), condition=%cond, body=%body, metadata={op_name="jit(step)/while"}
+  %while.2 = (s32[], f32[64,64]{1,0}) while(%init), condition=%cond, body=%body.known, backend_config={"known_trip_count":{"n":"5"}}
+  %all-reduce.3 = f32[64,64]{1,0} all-reduce(%a), to_apply=%add
+  ROOT %r = f32[] constant(0)
+}
+"""
+
+
+def test_a_collective_in_a_loop_body_counts_once_per_iteration():
+    got = compile_lib.collectives(LOOP_HLO)
+    # the scanned layers' loop: `i < 12` read from its condition; the second loop's trip count
+    # is XLA's known_trip_count (5); one all-reduce outside any loop
+    assert got["all-gather"] == {"count": 12, "bytes": 12 * 64 * 64 * 4}
+    assert got["all-reduce"] == {"count": 12 + 5 + 1, "bytes": 18 * 64 * 64 * 4}
+
+
 def test_the_roofline_is_a_bound_and_says_so():
     out = compile_lib.roofline(xla_flops=2e12, xla_bytes=1e9, peak_flops=1e14, bandwidth=1e12,
                                model_flops_per_device=1e12)
@@ -154,3 +201,30 @@ def test_the_batch_search_finds_the_largest_batch_that_fits(largest):
     assert [p.batch_size for p in probes] == calls and len(set(calls)) == len(calls)
     assert all(b % step == 0 and b <= limit for b in calls)
     assert len(calls) <= 2 * math.log2(limit // step) + 2  # doubling, then bisection
+
+
+@pytest.mark.parametrize("per_sequence, fixed, bend", [(3, 40, 0), (3, 40, 1), (7, 10, 2)])
+def test_the_batch_search_follows_the_memory_line(per_sequence, fixed, bend):
+    # bytes per device grow by `per_sequence` per sequence on each of 4 devices (plus a small
+    # bend upward: XLA's choices are not exactly linear); the line through two fitting probes
+    # predicts the largest batch, and one probe above it proves it
+    step, capacity = 4, 1000
+
+    def used(batch):
+        units = batch // step
+        return fixed + per_sequence * units + bend * units * units // 50
+
+    calls = []
+
+    def probe(batch):
+        calls.append(batch)
+        return compile_lib.Probe(batch, used(batch) <= capacity, used(batch), 0.0)
+
+    best, probes = compile_lib.search_batch(probe, step, 4096, capacity)
+    expected = max(u for u in range(1, 1025) if used(u * step) <= capacity) * step
+    assert best == expected
+    assert len(set(calls)) == len(calls)
+    if bend == 0:  # exactly linear: 1, 2, the prediction, one above it
+        assert len(calls) == 4, calls
+    else:
+        assert len(calls) <= 10, calls

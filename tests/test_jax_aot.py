@@ -94,6 +94,41 @@ def test_xla_flops_over_model_flops_lie_in_their_band(xla_plan, tiny_plan):
     assert 1.0 - attention_share <= record["compile"]["flop_ratio"] <= 1.5
 
 
+SCAN = ("model=tiny", "model.n_layers=4", "precision=bf16", "backend.attention=splash",
+        "backend.remat=true", "backend.data_parallel=1", "backend.fsdp=4", "train.batch_size=8")
+
+
+@pytest.fixture(scope="module")
+def scanned_and_unrolled():
+    return (_plan("tpu:v5e:2x2", *SCAN, "backend.scan_layers=true"),
+            _plan("tpu:v5e:2x2", *SCAN))
+
+
+def test_a_scanned_step_counts_like_the_unrolled_step(scanned_and_unrolled):
+    scanned, unrolled = scanned_and_unrolled
+    assert scanned["status"] == unrolled["status"] == "compiled", scanned["cause"]
+    s, u = scanned["compile"], unrolled["compile"]
+    assert scanned["device"]["scan_layers"] is True and unrolled["device"]["scan_layers"] is False
+    # XLA counts the loop body once: the scanned program's own count is about a layer's worth
+    # (plus the rest); extrapolated from 1- and 2-layer compiles it is the unrolled step's
+    # FLOP count (a layer adds the same FLOPs; 1e-4 for XLA's other choices)
+    assert s["xla_scanned_program_counts"]["flops"] < 0.6 * u["xla_flops"]
+    assert s["xla_flops"] == pytest.approx(u["xla_flops"], rel=1e-4)
+    assert "extrapolated" in s["xla_counts_note"] and "extrapolated" not in u["xla_counts_note"]
+    # byte counts depend on XLA's fusions, which differ between the programs: the same order
+    assert 0.5 <= s["xla_bytes_accessed"] / u["xla_bytes_accessed"] <= 2
+    # collectives inside the layer loop count once per layer: FSDP gathers each layer's
+    # weights in the forward and again in the recomputed forward, like the unrolled step
+    for kind in ("all-gather", "reduce-scatter"):
+        assert s["collectives"][kind]["count"] > 0
+        assert 0.8 <= s["collectives"][kind]["bytes"] / u["collectives"][kind]["bytes"] <= 1.25
+    # the stacked weights and moments are the same bytes; the loop keeps less code
+    assert s["memory"]["argument_bytes"] == pytest.approx(u["memory"]["argument_bytes"],
+                                                          rel=0.01)
+    assert s["memory"]["generated_code_bytes"] < u["memory"]["generated_code_bytes"]
+    assert s["memory"]["fits"] is True
+
+
 def test_local_target_compiles_for_this_machine():
     # the CPU: XLA's memory plan, but no HBM in the hardware table, so no verdict and no bound
     record = _plan("local", "model=tiny")

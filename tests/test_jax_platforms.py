@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from trainbench.backends.jax import platforms
+from trainbench.backends.jax import aot, platforms
 
 
 @pytest.fixture
@@ -47,11 +47,22 @@ if sys.argv[1] == "trainbench":
     device = JaxBackend(JaxConfig(), model.preset("tiny"), PRECISIONS["fp32"], OptimConfig(),
                         1).device()
     print(device.kind, device.count)
+elif sys.argv[1] == "compile":
+    from trainbench.backends.jax import aot
+    devices = aot.target_devices("v5e:2x2")
+    print(devices[0].platform, len(devices))
+elif sys.argv[1] == "topology":
+    import jax
+    from jax.experimental import topologies
+    jax.config.update("jax_platforms", "cpu")
+    devices = topologies.get_topology_desc(topology_name="v5e:2x2", platform="tpu").devices
+    print(devices[0].platform, len(devices))
 else:
     import jax
     print(jax.devices()[0].platform, jax.device_count())
 """
-TPU_NOISE = ("Unable to initialize backend 'tpu'", "TPU_WORKER_HOSTNAMES", "libtpu")
+TPU_NOISE = ("Unable to initialize backend 'tpu'", "TPU_WORKER_HOSTNAMES", "libtpu",
+             "TPU accelerator type")
 
 
 def _run(mode):
@@ -69,6 +80,25 @@ def test_a_cpu_run_says_nothing_about_tpus():
     assert proc.stdout.split() == ["cpu", "1"]
     for noise in TPU_NOISE:
         assert noise not in proc.stderr, proc.stderr
+
+
+def test_compiling_for_a_tpu_topology_says_nothing_about_this_host():
+    # libtpu loads to build the abstract topology; told this host is no TPU worker, it does
+    # not print its metadata-server failures
+    proc = _run("compile")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["tpu", "4"]
+    assert proc.stderr.strip() == "", proc.stderr
+
+
+@pytest.mark.slow
+def test_plain_topologies_with_libtpu_would_have_said_it():
+    # the control: the same topology built without trainbench's environment prints them
+    env = {k: v for k, v in os.environ.items() if k not in aot.QUIET_LIBTPU_ENV}
+    proc = subprocess.run([sys.executable, "-c", _SCRIPT, "topology"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "TPU accelerator type" in proc.stderr or "TPU_WORKER_HOSTNAMES" in proc.stderr
 
 
 @pytest.mark.slow

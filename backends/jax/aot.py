@@ -37,6 +37,11 @@ class Compiled:
     compile_s: float = 0.0
 
 
+QUIET_LIBTPU_ENV = {"TPU_SKIP_MDS_QUERY": "1", "TPU_WORKER_ID": "0",
+                    "TPU_WORKER_HOSTNAMES": "localhost", "TPU_HOST_BOUNDS": "1,1,1"}
+"""libtpu's description of this host when no chip is attached: one worker, no metadata."""
+
+
 class CompileFailed(Exception):
     """Lowering or compiling the step failed for another reason than memory (message: the
     compiler's, e.g. XLA's or Mosaic's)."""
@@ -56,6 +61,11 @@ def target_devices(topology: str | None) -> list[Any]:
         # libtpu takes /tmp/libtpu_lockfile so that one process owns the chips; a compile for
         # chips that are not here owns none, and parallel compiles (test workers) must coexist
         os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+        # this host is no TPU worker: say so, or libtpu asks the (absent) GCE metadata server
+        # and prints its failures ("could not determine TPU accelerator type", "unexpected
+        # worker hostname") to every user; the target topology is named explicitly below
+        for name, value in QUIET_LIBTPU_ENV.items():
+            os.environ.setdefault(name, value)
     from jax.experimental import topologies
 
     try:
@@ -106,11 +116,12 @@ def compile_step(cfg: RunConfig, devices: Sequence[Any], batch_size: int) -> Com
     compute = jnp.dtype(cfg.precision.compute_dtype)
     attend = attention.select(c.attention, first.platform, compute, first.device_kind,
                               c.flash_block_size, grid)
-    net = model.Transformer(cfg.model, compute, attend, c.remat, grid)
+    net = model.Transformer(cfg.model, compute, attend, c.remat, grid, c.scan_layers)
     shapes = {name: jax.ShapeDtypeStruct(shape, jnp.float32)
               for name, shape in param_shapes(cfg.model).items()}
-    tx = step.make_optimizer(cfg.optim, cfg.train.warmup_steps + cfg.train.steps, shapes)
-    params = model.to_tree(shapes)
+    tx = step.make_optimizer(cfg.optim, cfg.train.warmup_steps + cfg.train.steps, shapes,
+                             c.scan_layers)
+    params = model.to_tree(shapes, c.scan_layers)
     param_sharding = mesh.param_shardings(grid, params)
     opt_state = jax.eval_shape(tx.init, params)
     opt_sharding = mesh.param_shardings(grid, opt_state)

@@ -34,6 +34,10 @@ class JaxConfig(BackendConfig):
     attention, TPU); the TPU kernels are interpreted on the CPU."""
     remat: bool = False
     """Recompute each block in the backward pass instead of storing its activations."""
+    scan_layers: bool = False
+    """Run the layers as one scanned module (MaxText's scan_layers): XLA compiles one block
+    body instead of n_layers copies (minutes instead of hours for 70B and 405B compiles), and
+    the step cannot fuse across layers. The same numbers either way (fp32 tolerance)."""
     data_parallel: int = -1
     """Size of the mesh's data axis; -1 takes every device the fsdp axis leaves."""
     fsdp: int = 1
@@ -143,7 +147,8 @@ class JaxBackend(Backend):
                           extra={"device_kind": self.device_kind,
                                  "hardware_entry": self.hardware_entry,
                                  "mesh": mesh.mesh_sizes(self.mesh),
-                                 "attention": c.attention, "remat": c.remat})
+                                 "attention": c.attention, "remat": c.remat,
+                                 "scan_layers": c.scan_layers})
 
     def is_primary(self) -> bool:
         self._start()
@@ -166,10 +171,12 @@ class JaxBackend(Backend):
         compute = jnp.dtype(self.precision.compute_dtype)
         attend = attention.select(c.attention, self.platform, compute, self.device_kind,
                                   c.flash_block_size, self.mesh)
-        self.model = model.Transformer(self.model_cfg, compute, attend, c.remat, self.mesh)
-        self.tx = step.make_optimizer(self.optim, self.total_steps, params)
+        self.model = model.Transformer(self.model_cfg, compute, attend, c.remat, self.mesh,
+                                       c.scan_layers)
+        self.tx = step.make_optimizer(self.optim, self.total_steps, params, c.scan_layers)
 
-        tree = model.to_tree({k: np.asarray(v, np.float32) for k, v in params.items()})
+        tree = model.to_tree({k: np.asarray(v, np.float32) for k, v in params.items()},
+                             c.scan_layers)
         self.param_sharding = mesh.param_shardings(self.mesh, tree)
         self.params = jax.device_put(tree, self.param_sharding)
         opt_shape = jax.eval_shape(self.tx.init, self.params)
@@ -215,12 +222,14 @@ class JaxBackend(Backend):
         from trainbench.backends.jax import model
 
         loss, grads = self._grad_fn(self.params, self._put(tokens))
-        return float(loss), model.to_canonical(self.model_cfg, _to_numpy(grads))
+        return float(loss), model.to_canonical(self.model_cfg, _to_numpy(grads),
+                                               self.backend_cfg.scan_layers)
 
     def export_params(self) -> dict[str, np.ndarray]:
         from trainbench.backends.jax import model
 
-        return model.to_canonical(self.model_cfg, _to_numpy(self.params))
+        return model.to_canonical(self.model_cfg, _to_numpy(self.params),
+                                  self.backend_cfg.scan_layers)
 
     # --- measurements ------------------------------------------------------------------------
 

@@ -41,6 +41,7 @@ LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("mlp", "tensor"),        # d_ff
     ("embed", "fsdp"),        # d_model
     ("norm", None),
+    ("layers", None),         # the stacked layer axis of scanned layers: every device has all
     # activations
     ("act_batch", ("data", "fsdp")),
     ("act_length", "tensor"),  # the residual stream between blocks: sequence parallelism
@@ -159,10 +160,15 @@ def _leaf_name(path: tuple[Any, ...]) -> str | None:
 
 def param_shardings(mesh: Mesh, tree: Any) -> Any:
     """NamedSharding for every leaf of a parameter (or optimizer-state) tree, by the leaf's name
-    in PARAM_AXES; leaves it does not name (step counts) are replicated."""
+    in PARAM_AXES (a leaf under the scanned `layers` module has a leading "layers" axis);
+    leaves it does not name (step counts) are replicated."""
+    from trainbench.backends.jax.model import SCANNED
+
     def sharding(path: tuple[Any, ...], leaf: Any) -> NamedSharding:
         logical = PARAM_AXES.get(_leaf_name(path))
         shape = np.shape(leaf)
+        if logical is not None and any(getattr(k, "key", None) == SCANNED for k in path):
+            logical = ("layers", *logical)
         if logical is None or len(logical) != len(shape):
             return NamedSharding(mesh, P())
         return NamedSharding(mesh, logical_spec(shape, logical, mesh.shape))

@@ -10,6 +10,11 @@ cast to `dtype` (the compute dtype). The residual stream, RMSNorm, rotary embedd
 the SiLU gate and the logits are kept in float32. Shapes: B batch, T sequence, d d_model,
 Hq/Hkv heads, D head_dim, V vocab.
 
+Layers: unrolled (one Linen module per layer, `layers_{i}`), or with `scan=True` one module
+scanned over the layer axis (`nn.scan`, as MaxText's `scan_layers`): every layer parameter is
+stacked on a leading [L] axis under `layers`, and XLA compiles one block body instead of L
+copies, so a 70B or 405B step compiles in minutes, not hours. The same numbers either way.
+
 Sharding: given a `mesh`, activations are constrained by logical axes (mesh.py's LOGICAL_RULES):
 the residual stream split over the sequence between blocks, each projection's output over heads
 or the MLP width, the logits over the vocabulary; the attention function itself is called on
@@ -139,16 +144,27 @@ class Block(nn.Module):
         return constrain(h + Mlp(c, self.dtype, mesh, name="mlp")(m), RESIDUAL, mesh)
 
 
+class ScannedBlock(Block):
+    """A Block with nn.scan's signature: (carry, *broadcast) -> (carry, per-layer output)."""
+
+    @nn.compact
+    def __call__(self, h: jax.Array, cos: jax.Array,  # type: ignore[override]
+                 sin: jax.Array) -> tuple[jax.Array, None]:
+        return super().__call__(h, cos, sin), None
+
+
 class Transformer(nn.Module):
     """Tokens [B, T] -> float32 logits [B, T, V]. `remat` recomputes each block in the backward
     pass instead of keeping its activations (jax.checkpoint through nn.remat). `mesh` (a
-    jax.sharding.Mesh with mesh.py's axes) turns on the activation sharding constraints."""
+    jax.sharding.Mesh with mesh.py's axes) turns on the activation sharding constraints. `scan`
+    runs the layers as one scanned module with stacked parameters (see the module's doc)."""
 
     cfg: ModelConfig
     dtype: Any = jnp.float32
     attention_fn: AttentionFn = xla_attention
     remat: bool = False
     mesh: Any = None
+    scan: bool = False
 
     @nn.compact
     def __call__(self, tokens: jax.Array) -> jax.Array:
@@ -161,9 +177,18 @@ class Transformer(nn.Module):
         mesh = self.mesh
         # (B, T, d): the residual stream stays float32
         h = constrain(embed[tokens].astype(jnp.float32), RESIDUAL, mesh)
-        block = nn.remat(Block) if self.remat else Block
-        for i in range(c.n_layers):
-            h = block(c, self.dtype, self.attention_fn, mesh, name=f"layers_{i}")(h, cos, sin)
+        if self.scan:
+            # prevent_cse=False: the scan's loop boundary already keeps XLA from merging the
+            # recomputation into the forward pass (jax.checkpoint's own advice for scans)
+            body = nn.remat(ScannedBlock, prevent_cse=False) if self.remat else ScannedBlock
+            layers = nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True},
+                             in_axes=(nn.broadcast, nn.broadcast), length=c.n_layers)
+            h, _ = layers(c, self.dtype, self.attention_fn, mesh, name=SCANNED)(h, cos, sin)
+        else:
+            block = nn.remat(Block) if self.remat else Block
+            for i in range(c.n_layers):
+                h = block(c, self.dtype, self.attention_fn, mesh, name=f"layers_{i}")(h, cos,
+                                                                                     sin)
         x = constrain(RMSNorm(c.norm_eps, self.dtype, name="final_norm")(h), GATHERED, mesh)
         if c.tie_embeddings:
             head = embed.T  # (d, V)
@@ -185,6 +210,9 @@ def next_token_loss(logits: jax.Array, tokens: jax.Array) -> jax.Array:
     return jnp.mean(lse - picked)
 
 
+SCANNED = "layers"
+"""The scanned layers' module name: its parameters carry a leading [n_layers] axis."""
+
 # canonical name -> path in the Linen parameter tree
 _LAYER_PATHS = {
     "attn_norm": ("attn_norm", "scale"),
@@ -194,32 +222,63 @@ _LAYER_PATHS = {
 }
 
 
-def tree_path(name: str) -> tuple[str, ...]:
-    """The Linen tree path of a canonical parameter name (e.g. layers.0.wq -> layers_0/attn/wq)."""
+def tree_path(name: str, scan: bool = False) -> tuple[str, ...]:
+    """The Linen tree path of a canonical parameter name (e.g. layers.0.wq -> layers_0/attn/wq;
+    with `scan`, every layer's wq is one slice of layers/attn/wq)."""
     if name.startswith("layers."):
         _, index, leaf = name.split(".")
-        return (f"layers_{index}", *_LAYER_PATHS[leaf])
+        return (SCANNED if scan else f"layers_{index}", *_LAYER_PATHS[leaf])
     return {"final_norm": ("final_norm", "scale")}.get(name, (name,))
 
 
-def to_tree(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """Canonical flat mapping -> nested Linen parameter tree (values passed through as given)."""
+def _stack(values: list[Any]) -> Any:
+    """The layers' values of one parameter on a leading layer axis: arrays stacked,
+    jax.ShapeDtypeStructs given the stacked shape, equal plain values (an optimizer mask's
+    booleans) kept once."""
+    first = values[0]
+    if isinstance(first, jax.ShapeDtypeStruct):
+        return jax.ShapeDtypeStruct((len(values), *first.shape), first.dtype)
+    if isinstance(first, (bool, int, float, str)) or first is None:
+        if any(v != first for v in values):
+            raise ValueError(f"per-layer values {values} differ: a scanned tree holds one")
+        return first
+    return np.stack([np.asarray(v) for v in values])
+
+
+def to_tree(flat: Mapping[str, Any], scan: bool = False) -> dict[str, Any]:
+    """Canonical flat mapping -> nested Linen parameter tree (values passed through as given;
+    with `scan`, the layers' values stacked by _stack)."""
     tree: dict[str, Any] = {}
+    stacked: dict[tuple[str, ...], list[Any]] = {}
     for name, value in flat.items():
-        *parents, leaf = tree_path(name)
-        node = tree
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
+        path = tree_path(name, scan)
+        if scan and name.startswith("layers."):
+            stacked.setdefault(path, []).append(value)
+            continue
+        _put(tree, path, value)
+    for path, values in stacked.items():
+        _put(tree, path, _stack(values))
     return tree
 
 
-def to_canonical(cfg: ModelConfig, tree: Mapping[str, Any]) -> dict[str, Any]:
-    """Nested Linen parameter tree -> canonical flat mapping, in canonical order."""
+def _put(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    *parents, leaf = path
+    node = tree
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value
+
+
+def to_canonical(cfg: ModelConfig, tree: Mapping[str, Any], scan: bool = False
+                 ) -> dict[str, Any]:
+    """Nested Linen parameter tree -> canonical flat mapping, in canonical order (with `scan`,
+    layer i's value is slice i of the stacked leaf)."""
     flat = {}
     for name in param_shapes(cfg):
         node: Any = tree
-        for key in tree_path(name):
+        for key in tree_path(name, scan):
             node = node[key]
+        if scan and name.startswith("layers."):
+            node = node[int(name.split(".")[1])]
         flat[name] = node
     return flat

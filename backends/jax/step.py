@@ -37,10 +37,11 @@ def lr_schedule(peak_lr: float, warmup_steps: int, total_steps: int,
     return optax.join_schedules([warmup, cosine], boundaries=[warmup_steps])
 
 
-def make_optimizer(o: OptimConfig, total_steps: int,
-                   params: Mapping[str, np.ndarray]) -> optax.GradientTransformation:
-    """Clip (when o.grad_clip > 0), then AdamW; `params` is the canonical mapping (for the mask)."""
-    mask = to_tree(optim.decay_mask(params))
+def make_optimizer(o: OptimConfig, total_steps: int, params: Mapping[str, np.ndarray],
+                   scan: bool = False) -> optax.GradientTransformation:
+    """Clip (when o.grad_clip > 0), then AdamW; `params` is the canonical mapping (for the mask;
+    `scan`: for the scanned model's parameter tree)."""
+    mask = to_tree(optim.decay_mask(params), scan)
     adamw = optax.adamw(lr_schedule(o.lr, o.warmup_steps, total_steps, o.min_lr_ratio),
                         b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mask=mask)
     if o.grad_clip > 0:

@@ -13,7 +13,7 @@ import importlib.util
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from trainbench import hardware
 from trainbench.errors import ConfigError
@@ -164,23 +164,80 @@ def _array_bytes(type_text: str) -> list[int]:
     return sizes
 
 
-def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
-    """Count and bytes per kind of the collectives in a compiled (per-device) HLO module.
+_CALLEE = re.compile(r"\b(calls|to_apply|body|condition|branch_computations|"
+                     r"called_computations)=(\{[^}]*\}|%?[\w.\-]+)")
+_TRIP_COUNT = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
+_LOOP_LIMIT = re.compile(r"compare\(.*direction=LT")
+_CONSTANT = re.compile(r"\bconstant\((\d+)\)")
 
-    An op counts once where it appears in the program text (asynchronous pairs as their -start
-    op; a collective inside a loop body counts once, not per iteration). XLA:TPU emits a
-    reduce-scatter as an all-reduce inside a computation named all-reduce-scatter: it counts as
-    a reduce-scatter. Bytes are the larger of an op's operands and its result on one device
-    (tuples summed; of an asynchronous -start op, its largest array): the gathered arrays of an all-gather, the arrays before they are
+
+def _trip_count(condition: list[str]) -> int | None:
+    """Iterations of a while loop from its condition computation's lines: `i < N` with N a
+    constant, as jax.lax.scan lowers (a counter from 0). None if the condition is not of that
+    form."""
+    constants = [int(c) for line in condition for c in _CONSTANT.findall(line)]
+    root = next((line for line in condition if line.lstrip().startswith("ROOT")), "")
+    if _LOOP_LIMIT.search(root) and len(constants) == 1:
+        return constants[0]
+    return None
+
+
+def _executions(computations: dict[str, list[str]], entry: str) -> dict[str, int]:
+    """How many times each computation runs per execution of `entry`: a while loop's body runs
+    its trip count (backend_config known_trip_count, else read from the condition) times per
+    run of its caller, every other called computation once per call."""
+    edges: dict[str, list[tuple[str, int]]] = {name: [] for name in computations}
+    for name, lines in computations.items():
+        for line in lines:
+            callees = {key: [c.strip().lstrip("%") for c in value.strip("{}").split(",")
+                             if c.strip()]
+                       for key, value in _CALLEE.findall(line)}
+            trips = 1
+            if " while(" in line and callees.get("body"):
+                known = _TRIP_COUNT.search(line)
+                cond = callees.get("condition", [""])[0]
+                trips = (int(known.group(1)) if known
+                         else _trip_count(computations.get(cond, [])) or 1)
+            for key, names in callees.items():
+                for callee in names:
+                    if callee in computations:
+                        edges[name].append((callee, trips if key == "body" else 1))
+    runs: dict[str, int] = {}
+
+    def visit(name: str, times: int) -> None:
+        runs[name] = runs.get(name, 0) + times
+        for callee, factor in edges.get(name, []):
+            visit(callee, times * factor)
+
+    visit(entry, 1)
+    return runs
+
+
+def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
+    """Count and bytes per kind of the collectives one step executes, from a compiled
+    (per-device) HLO module.
+
+    An op counts once per execution: once where it appears in straight-line code, its loop's
+    trip count of times inside a while body (scanned layers; the trip count is XLA's
+    known_trip_count, else the constant of the loop condition `i < N`). Asynchronous pairs
+    count as their -start op. XLA:TPU emits a reduce-scatter as an all-reduce inside a
+    computation named all-reduce-scatter: it counts as a reduce-scatter. Bytes are the larger
+    of an op's operands and its result on one device (tuples summed; of an asynchronous -start
+    op, its largest array): the gathered arrays of an all-gather, the arrays before they are
     scattered for a reduce-scatter, the reduced arrays of an all-reduce."""
     types: dict[str, str] = {}
-    found: list[tuple[str, str, str]] = []
-    computation = ""
+    found: list[tuple[str, str, bool, str, str]] = []
+    computations: dict[str, list[str]] = {}
+    computation, entry = "", ""
     for line in hlo_text.splitlines():
         header = _COMPUTATION.match(line)
         if header:
             computation = header.group(1)
+            computations[computation] = []
+            if line.startswith("ENTRY"):
+                entry = computation
             continue
+        computations.setdefault(computation, []).append(line)
         m = _INSTRUCTION.match(line)
         if not m:
             continue
@@ -190,16 +247,19 @@ def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
         if kind == "all-reduce" and computation.startswith("all-reduce-scatter"):
             kind = "reduce-scatter"
         if kind in COLLECTIVES:
-            found.append((type_text, kind, opcode.endswith("-start"), rest.split(")", 1)[0]))
+            found.append((type_text, kind, opcode.endswith("-start"), rest.split(")", 1)[0],
+                          computation))
+    runs = _executions(computations, entry) if entry else {}
     out = {kind: {"count": 0, "bytes": 0} for kind in COLLECTIVES}
-    for type_text, kind, is_async, operands in found:
-        out[kind]["count"] += 1
+    for type_text, kind, is_async, operands, computation in found:
+        times = runs.get(computation, 1) if entry else 1
+        out[kind]["count"] += times
         if is_async:  # the -start result tuple holds its input, its output and sync flags
-            out[kind]["bytes"] += max(_array_bytes(type_text), default=0)
+            out[kind]["bytes"] += times * max(_array_bytes(type_text), default=0)
             continue
         operand_bytes = sum(sum(_array_bytes(types.get(o, "")))
                             for o in _OPERAND.findall(operands))
-        out[kind]["bytes"] += max(sum(_array_bytes(type_text)), operand_bytes)
+        out[kind]["bytes"] += times * max(sum(_array_bytes(type_text)), operand_bytes)
     return out
 
 
@@ -246,29 +306,63 @@ class Probe:
     compile_s: float
 
 
-def search_batch(probe: Callable[[int], Probe], step: int,
-                 limit: int) -> tuple[int | None, list[Probe]]:
+def search_batch(probe: Callable[[int], Probe], step: int, limit: int,
+                 capacity: int | None = None) -> tuple[int | None, list[Probe]]:
     """The largest global batch, a multiple of `step` (the devices of the mesh) up to `limit`,
-    that fits, and every probe in the order run: doubling from `step` until a batch does not
-    fit, then bisecting between the last that fit and the first that did not. None if even
-    `step` does not fit."""
-    tried: dict[int, Probe] = {}
+    that fits, and every probe in the order run.
 
-    def fits(units: int) -> bool:
+    Without `capacity` (bytes per device), or probes without byte counts: doubling from `step`
+    until a batch does not fit, then bisecting between the last that fit and the first that did
+    not. With them, memory is taken as linear in the batch (the activations grow with it): once
+    two batches fit, the next probe is where the line through their bytes meets the capacity;
+    once one does not fit, where the line between the largest fit and the smallest non-fit
+    (XLA's needed bytes) meets it; when the same end of the bracket moved twice in a row, a
+    bisection (the line's guesses can creep when memory is not linear). An exact line ends in
+    four probes: 1, 2, the prediction, one step above it. Each probe is a full compile
+    (minutes for a large model), so the line saves most of them. None if even `step` does not
+    fit."""
+    tried: dict[int, Probe] = {}
+    top = limit // step
+    good: Probe | None = None  # the largest batch that fit
+    bad: Probe | None = None   # the smallest that did not
+    fitted: list[Probe] = []
+    units, moved = 1, ""
+
+    def line(a: Probe | None, b: Probe | None) -> int | None:
+        """Where the line through a's and b's bytes meets the capacity, in units of step."""
+        if capacity is None or a is None or b is None or None in (a.per_device_bytes,
+                                                                   b.per_device_bytes):
+            return None
+        if b.per_device_bytes <= a.per_device_bytes or b.batch_size == a.batch_size:
+            return None
+        slope = (b.per_device_bytes - a.per_device_bytes) / (b.batch_size - a.batch_size)
+        return int((a.batch_size + (capacity - a.per_device_bytes) / slope) // step)
+
+    while True:
         if units * step not in tried:
             tried[units * step] = probe(units * step)
-        return bool(tried[units * step].fits)
-
-    good, bad, units = 0, limit // step + 1, 1
-    while units < bad:
-        if not fits(units):
-            bad = units
+        result = tried[units * step]
+        side = "good" if result.fits else "bad"
+        if result.fits:
+            good = result if good is None or result.batch_size > good.batch_size else good
+            fitted.append(result)
+        elif bad is None or result.batch_size < bad.batch_size:
+            bad = result
+        low = good.batch_size // step if good else 0
+        high = bad.batch_size // step if bad else top + 1
+        if high - low <= 1:
             break
-        good, units = units, units * 2
-    while bad - good > 1:
-        middle = (good + bad) // 2
-        good, bad = (middle, bad) if fits(middle) else (good, middle)
-    return (good * step if good else None), list(tried.values())
+        if bad is not None:
+            guess = None if moved == side else line(good, bad)
+            guess = (low + high) // 2 if guess is None else guess
+        else:
+            known = sorted((p for p in fitted if p.per_device_bytes is not None),
+                           key=lambda p: p.batch_size)
+            guess = line(*known[-2:]) if len(known) >= 2 else None
+            guess = low * 2 if guess is None else guess
+        moved = side
+        units = max(low + 1, min(high - 1, guess))
+    return (good.batch_size if good else None), list(tried.values())
 
 
 # ---- the plan and its record -------------------------------------------------------------------
@@ -292,16 +386,46 @@ def _chip_facts(device_kind: str, per_chip: int, compute_dtype: str) -> dict[str
             "peak": None if tflops is None else tflops * 1e12 / per_chip, "source": acc.source}
 
 
+COUNTS_NOTE = "XLA cost analysis of one device's partitioned program"
+SCANNED_COUNTS_NOTE = (
+    "XLA's cost analysis counts a while loop's body once, so with backend.scan_layers these are "
+    "XLA's counts of the same step with its layers unrolled, extrapolated from two unrolled "
+    "compiles of 1 and 2 layers (same mesh, batch, sequence): c(1) + (n_layers - 1) x "
+    "(c(2) - c(1)); the scanned program's own counts are under xla_scanned_program_counts")
+
+
+def layer_extrapolated_cost(cfg: Any, devices: Sequence[Any], batch: int,
+                            aot: Any) -> dict[str, float]:
+    """XLA's cost counts of cfg's step with its n_layers unrolled, from unrolled compiles of 1
+    and 2 layers: a layer adds the same work, so c(L) = c(1) + (L - 1) (c(2) - c(1)). What a
+    scanned step's counts would be if XLA multiplied a loop body by its trip count."""
+    import dataclasses
+
+    costs = []
+    for layers in (1, 2):
+        small = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, n_layers=layers),
+                                    backend=dataclasses.replace(cfg.backend, scan_layers=False))
+        costs.append(aot.compile_step(small, devices, batch).cost)
+    extra = cfg.model.n_layers - 1
+    return {key: costs[0][key] + extra * (costs[1][key] - costs[0][key])
+            for key in costs[0] if key in costs[1]}
+
+
 def compile_section(target: Target, compiled: Any, devices: int, per_chip: int,
-                    model_flops: int, compute_dtype: str) -> dict[str, Any]:
-    """The record's `compile` section from one compile (backends/jax/aot.Compiled)."""
+                    model_flops: int, compute_dtype: str,
+                    unrolled_cost: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """The record's `compile` section from one compile (backends/jax/aot.Compiled);
+    `unrolled_cost`: layer_extrapolated_cost's counts of a scanned step, used for the FLOP and
+    byte counts in place of the scanned program's own."""
     facts = _chip_facts(compiled.device_kind, per_chip, compute_dtype)
     memory = memory_section(compiled.memory, compiled.oom_message, facts["hbm_bytes"],
                             f"{facts['chip']}: hardware table memory_gb (GiB) / {per_chip} "
                             f"device(s) per chip; {facts['source']}")
-    xla_flops = compiled.cost.get("flops")
-    xla_bytes = compiled.cost.get("bytes accessed")
+    cost = compiled.cost if unrolled_cost is None else unrolled_cost
+    xla_flops = cost.get("flops")
+    xla_bytes = cost.get("bytes accessed")
     comms = collectives(compiled.hlo_text)
+    scanned = {} if unrolled_cost is None else {"xla_scanned_program_counts": compiled.cost}
     return {
         "target": target.name,
         "chip": facts["chip"],
@@ -313,8 +437,9 @@ def compile_section(target: Target, compiled: Any, devices: int, per_chip: int,
         "memory": memory,
         "xla_flops": xla_flops,
         "xla_bytes_accessed": xla_bytes,
-        "xla_transcendentals": compiled.cost.get("transcendentals"),
-        "xla_counts_note": "XLA cost analysis of one device's partitioned program",
+        "xla_transcendentals": cost.get("transcendentals"),
+        "xla_counts_note": COUNTS_NOTE if unrolled_cost is None else SCANNED_COUNTS_NOTE,
+        **scanned,
         "flop_ratio": None if xla_flops is None else xla_flops * devices / model_flops,
         "flop_ratio_note": FLOP_RATIO_NOTE,
         "collectives": comms,
@@ -381,7 +506,9 @@ def plan(cfg: Any, model_name: str, target: Target, search: str, aot: Any,
         search_out: dict[str, Any] | None = None
         if search == "batch":
             step = int(math.prod(compiled.mesh.values()))
-            best, probes = search_batch(probe, step, step * MAX_PER_DEVICE_BATCH)
+            capacity = _chip_facts(compiled.device_kind, per_chip,
+                                   cfg.precision.compute_dtype)["hbm_bytes"]
+            best, probes = search_batch(probe, step, step * MAX_PER_DEVICE_BATCH, capacity)
             search_out = {"best_batch_size": best,
                           "best_per_device_batch": None if best is None else best // step,
                           "limit_per_device_batch": MAX_PER_DEVICE_BATCH,
@@ -394,6 +521,13 @@ def plan(cfg: Any, model_name: str, target: Target, search: str, aot: Any,
         record["cause"] = f"CompileFailed: {err}"
         return record
     batch = record["batch_size"]
+    unrolled_cost = None
+    if cfg.backend.scan_layers and compiled.memory is not None:
+        try:
+            unrolled_cost = layer_extrapolated_cost(cfg, devices, batch, aot)
+        except aot.CompileFailed as err:
+            record["cause"] = f"CompileFailed (1- and 2-layer cost compiles): {err}"
+            return record
     model_flops = flops.training_flops(cfg.model, batch, t.seq_len, t.attention_flops)
     devices_used = int(math.prod(compiled.mesh.values()))
     record.update({
@@ -402,13 +536,14 @@ def plan(cfg: Any, model_name: str, target: Target, search: str, aot: Any,
                                        cfg.precision.compute_dtype)["chip"],
                    "kind": compiled.platform, "count": devices_used,
                    "device_kind": compiled.device_kind, "mesh": compiled.mesh,
-                   "attention": cfg.backend.attention, "remat": cfg.backend.remat},
+                   "attention": cfg.backend.attention, "remat": cfg.backend.remat,
+                   "scan_layers": cfg.backend.scan_layers},
         "flops": {"per_step": model_flops, "attention": t.attention_flops,
                   "convention": flops.convention(t.attention_flops),
                   "breakdown": flops.flops_breakdown(cfg.model, batch, t.seq_len,
                                                      t.attention_flops)},
         "compile": compile_section(target, compiled, devices_used, per_chip, model_flops,
-                                   cfg.precision.compute_dtype),
+                                   cfg.precision.compute_dtype, unrolled_cost),
     })
     if search_out is not None:
         record["compile"]["search"] = search_out
