@@ -106,6 +106,8 @@ ENTRY %main.47_spmd (param: f32[64,64], param.1: bf16[16,1024]) -> f32[] {
 
 def test_collectives_are_counted_by_kind_with_their_bytes():
     got = compile_lib.collectives(HLO)
+    for kind in got.values():  # every byte in one dtype's share
+        assert sum(kind.pop("bytes_by_dtype").values()) == kind["bytes"]
     assert got["reduce-scatter"] == {"count": 1, "bytes": (256 * 64 + 64 * 64) * 4}
     # an async all-gather's result tuple holds its shard and the gathered array
     assert got["all-gather"] == {"count": 1, "bytes": 64 * 1024 * 2}
@@ -159,8 +161,10 @@ def test_a_collective_in_a_loop_body_counts_once_per_iteration():
     got = compile_lib.collectives(LOOP_HLO)
     # the scanned layers' loop: `i < 12` read from its condition; the second loop's trip count
     # is XLA's known_trip_count (5); one all-reduce outside any loop
-    assert got["all-gather"] == {"count": 12, "bytes": 12 * 64 * 64 * 4}
-    assert got["all-reduce"] == {"count": 12 + 5 + 1, "bytes": 18 * 64 * 64 * 4}
+    assert got["all-gather"] == {"count": 12, "bytes": 12 * 64 * 64 * 4,
+                                 "bytes_by_dtype": {"f32": 12 * 64 * 64 * 4}}
+    assert got["all-reduce"] == {"count": 12 + 5 + 1, "bytes": 18 * 64 * 64 * 4,
+                                 "bytes_by_dtype": {"f32": 18 * 64 * 64 * 4}}
 
 
 def test_the_roofline_is_a_bound_and_says_so():

@@ -129,6 +129,16 @@ def test_a_scanned_step_counts_like_the_unrolled_step(scanned_and_unrolled):
     assert s["memory"]["fits"] is True
 
 
+def test_fsdp_in_bf16_gathers_the_weights_in_bf16(xla_plan):
+    # the float32 master weights are cast on their shard, then gathered: bf16 on the wire,
+    # half of what gathering the float32 weights would send (torchtitan's param_dtype=bf16).
+    # Matrix gradients leave their bf16 matmuls in bf16 and are scattered so.
+    c = xla_plan["compile"]["collectives"]
+    gathered = c["all-gather"]["bytes_by_dtype"]
+    assert gathered.get("bf16", 0) > 0 and gathered.get("f32", 0) == 0, gathered
+    assert c["reduce-scatter"]["bytes_by_dtype"].get("bf16", 0) > 0
+
+
 def test_local_target_compiles_for_this_machine():
     # the CPU: XLA's memory plan, but no HBM in the hardware table, so no verdict and no bound
     record = _plan("local", "model=tiny")

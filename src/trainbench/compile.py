@@ -224,7 +224,9 @@ def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
     computation named all-reduce-scatter: it counts as a reduce-scatter. Bytes are the larger
     of an op's operands and its result on one device (tuples summed; of an asynchronous -start
     op, its largest array): the gathered arrays of an all-gather, the arrays before they are
-    scattered for a reduce-scatter, the reduced arrays of an all-reduce."""
+    scattered for a reduce-scatter, the reduced arrays of an all-reduce; `bytes_by_dtype` splits
+    them by element type (of an op's first array; a weight gathered in bf16 after its cast is
+    half the traffic of one gathered in f32)."""
     types: dict[str, str] = {}
     found: list[tuple[str, str, bool, str, str]] = []
     computations: dict[str, list[str]] = {}
@@ -250,16 +252,26 @@ def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
             found.append((type_text, kind, opcode.endswith("-start"), rest.split(")", 1)[0],
                           computation))
     runs = _executions(computations, entry) if entry else {}
-    out = {kind: {"count": 0, "bytes": 0} for kind in COLLECTIVES}
+    out: dict[str, dict[str, Any]] = {kind: {"count": 0, "bytes": 0, "bytes_by_dtype": {}}
+                                      for kind in COLLECTIVES}
     for type_text, kind, is_async, operands, computation in found:
         times = runs.get(computation, 1) if entry else 1
-        out[kind]["count"] += times
+        arrays = _ARRAY.findall(type_text)
         if is_async:  # the -start result tuple holds its input, its output and sync flags
-            out[kind]["bytes"] += times * max(_array_bytes(type_text), default=0)
-            continue
-        operand_bytes = sum(sum(_array_bytes(types.get(o, "")))
-                            for o in _OPERAND.findall(operands))
-        out[kind]["bytes"] += times * max(sum(_array_bytes(type_text)), operand_bytes)
+            sizes = _array_bytes(type_text)
+            size = max(sizes, default=0)
+            dtype = [d for d, _ in arrays if d in _BYTES_PER_ELEMENT][sizes.index(size)] \
+                if sizes else "?"
+        else:
+            operand_bytes = sum(sum(_array_bytes(types.get(o, "")))
+                                for o in _OPERAND.findall(operands))
+            size = max(sum(_array_bytes(type_text)), operand_bytes)
+            dtype = arrays[0][0] if arrays else "?"
+        entry_out = out[kind]
+        entry_out["count"] += times
+        entry_out["bytes"] += times * size
+        entry_out["bytes_by_dtype"][dtype] = entry_out["bytes_by_dtype"].get(dtype, 0) \
+            + times * size
     return out
 
 
