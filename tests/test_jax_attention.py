@@ -11,8 +11,10 @@ import jax
 import jax.numpy as jnp
 
 from trainbench import ops
-from trainbench.backends.jax.attention import (MAX_BLOCKS, QUERY_BLOCK, query_block,
-                                               xla_attention)
+import functools
+
+from trainbench.backends.jax.attention import (CPU_QUERY_BLOCK, MAX_BLOCKS, QUERY_BLOCK,
+                                               query_block, select, xla_attention)
 
 from conftest import attention_inputs, check_jax_attention_fp32
 
@@ -21,10 +23,24 @@ from conftest import attention_inputs, check_jax_attention_fp32
 SHAPES = [(2, 40, 4, 2, 16), (1, 2 * QUERY_BLOCK, 4, 1, 8), (1, 2 * QUERY_BLOCK + 44, 2, 2, 16)]
 
 
+@pytest.mark.parametrize("smallest", [QUERY_BLOCK, CPU_QUERY_BLOCK])
 @pytest.mark.parametrize("B, T, Hq, Hkv, D", SHAPES)
-def test_forward_and_backward_match_the_reference_fp32(B, T, Hq, Hkv, D):
-    # float32, another summation order than NumPy's
-    check_jax_attention_fp32(jax.jit(xla_attention), *attention_inputs(B, T, Hq, Hkv, D))
+def test_forward_and_backward_match_the_reference_fp32(B, T, Hq, Hkv, D, smallest):
+    # float32, another summation order than NumPy's; with the CPU's smaller blocks the shapes
+    # span 1, 4 and 5 (ragged) blocks
+    fn = functools.partial(xla_attention, smallest_block=smallest)
+    check_jax_attention_fp32(jax.jit(fn), *attention_inputs(B, T, Hq, Hkv, D))
+
+
+def test_the_cpu_takes_smaller_query_blocks_than_accelerators():
+    on_cpu = select("xla", "cpu", jnp.float32, "cpu", 128)
+    assert on_cpu.keywords == {"smallest_block": CPU_QUERY_BLOCK} and on_cpu.func is xla_attention
+    assert select("xla", "tpu", jnp.bfloat16, "TPU v5 lite", 128) is xla_attention
+    assert select("xla", "gpu", jnp.bfloat16, "NVIDIA H100", 128) is xla_attention
+    # T=256: 4 blocks of 64 (5/8 of the square) instead of 2 of 128 (3/4)
+    shape = jax.ShapeDtypeStruct((1, 256, 2, 4), jnp.float32)
+    assert len(_dots(on_cpu, shape, shape, shape)) == 2 * 4
+    assert query_block(1024, CPU_QUERY_BLOCK) == 128  # at most MAX_BLOCKS blocks
 
 
 def _dots(fn, *args):
@@ -71,3 +87,25 @@ def test_forward_bf16_is_within_bf16_rounding():
     # outputs of order 1, so 3e-2 absolute bounds it with room
     np.testing.assert_allclose(np.asarray(got.astype(jnp.float32)), want, atol=3e-2)
     assert got.dtype == jnp.bfloat16
+
+
+def test_the_attention_benchmark_script_times_every_choice(tmp_path, capsys):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "scripts" / "bench_jax_attention.py"
+    spec = importlib.util.spec_from_file_location("bench_jax_attention", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "attn.json"
+    assert script.main(["--seq", "64", "--tokens", "128", "--blocks", "32", "64",
+                        "--rounds", "2", "--json", str(out)]) == 0
+    [row] = json.loads(out.read_text())["rows"]
+    assert row["batch"] == 2 and set(row["times_s"]) == {
+        "trainbench block 32", "trainbench block 64", "dot_product_attention"}
+    assert all(len(t) == 2 and min(t) > 0 for t in row["times_s"].values())
+    assert row["fraction_of_dot_product_attention"]["dot_product_attention"] == 1.0
+    assert "T=   64" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        script.main(["--seq", "100", "--tokens", "128"])  # 100 does not divide 128

@@ -345,3 +345,22 @@ def test_pallas_attention_runs_per_device_shard_on_a_mesh():
     runs = json.loads(proc.stdout)
     # blockwise (online) softmax and cross-device sums: float32 rounding of losses ~5.5
     np.testing.assert_allclose(runs["pallas-4"], runs["xla-1"], rtol=1e-5)
+
+
+def test_a_one_device_mesh_adds_no_sharding_constraint():
+    import jax
+    import jax.numpy as jnp
+
+    x = jnp.ones((4, 8, 16))
+
+    def traced(grid):
+        return str(jax.make_jaxpr(lambda x: mesh.constrain(x, ("act_batch", None, None),
+                                                           grid))(x))
+
+    assert "sharding_constraint" not in traced(mesh.make_mesh(1, 1, devices=jax.devices()[:1]))
+    # the control: over several devices (a TPU topology's abstract devices; traced, not run)
+    pytest.importorskip("libtpu", reason="the tpu extra (libtpu) is part of `make setup`")
+    from trainbench.backends.jax import aot
+
+    assert "sharding_constraint" in traced(mesh.make_mesh(4, 1,
+                                                          devices=aot.target_devices("v5e:2x2")))

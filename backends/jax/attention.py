@@ -29,20 +29,25 @@ from trainbench.errors import ConfigError
 
 
 QUERY_BLOCK = 128
-"""Smallest query block of xla_attention (a TPU lane, a multiple of every GPU tile). On a
-2-core CPU (model=small heads, fp32, forward + backward, against jax.nn.dot_product_attention)
-blocks of 128 gave 0.55x of its time at T=1024, 0.6x at 512, 0.75x at 256; 256 and 512 saved
-less."""
+"""Smallest query block of xla_attention on accelerators (a TPU lane, a multiple of every GPU
+tile)."""
+
+CPU_QUERY_BLOCK = 64
+"""Smallest query block on the CPU. On a 2-core CPU (model=small heads, fp32, forward +
+backward, 2048 tokens, against jax.nn.dot_product_attention(is_causal=True); medians of 7 rounds
+of scripts/bench_jax_attention.py, benchmarks/cpu/README.md) blocks of 64 took 0.64x of its time at T=128,
+0.75x at 256, 0.60x at 512 and 0.47x at 1024, where blocks of 128 took 0.95x, 0.97x, 0.64x
+and 0.47x; blocks of 32 were no faster."""
 
 MAX_BLOCKS = 8
-"""Most query blocks: beyond 8 * QUERY_BLOCK tokens blocks grow instead, so the number of
+"""Most query blocks: beyond 8 smallest blocks, blocks grow instead, so the number of
 products (and compile time) stays bounded at long sequences; 8 blocks do 9/16 of the square."""
 
 
-def query_block(T: int) -> int:
-    """Queries per block at sequence length T: QUERY_BLOCK, or a multiple of it that keeps the
+def query_block(T: int, smallest: int = QUERY_BLOCK) -> int:
+    """Queries per block at sequence length T: `smallest`, or a multiple of it that keeps the
     block count at most MAX_BLOCKS."""
-    return QUERY_BLOCK * math.ceil(math.ceil(T / QUERY_BLOCK) / MAX_BLOCKS)
+    return smallest * math.ceil(math.ceil(T / smallest) / MAX_BLOCKS)
 
 
 def _causal_block(qg: jax.Array, k: jax.Array, v: jax.Array, start: int,
@@ -62,10 +67,11 @@ def _causal_block(qg: jax.Array, k: jax.Array, v: jax.Array, start: int,
     return jnp.einsum("bkgqs,bskd->bqkgd", p.astype(v.dtype), v)
 
 
-def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array,
+                  smallest_block: int = QUERY_BLOCK) -> jax.Array:
     """Scores and softmax in float32, products with inputs in q's dtype.
 
-    Queries go in blocks (query_block(T)), each against only the keys up to its last position,
+    Queries go in blocks (query_block(T, smallest_block)), each against only the keys up to its last position,
     so the masked upper triangle is mostly never computed: with n blocks the score and value
     products shrink to (n + 1) / 2n of the full square. Each row's softmax still sees every
     key it may see, so the result is the unblocked one. K/V heads are shared by their query
@@ -75,7 +81,7 @@ def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     Hkv = k.shape[2]
     qg = q.reshape(B, T, Hkv, Hq // Hkv, D)  # (B, T, Hkv, G, D)
     scale = 1.0 / math.sqrt(D)
-    C = query_block(T)
+    C = query_block(T, smallest_block)
     blocks = [_causal_block(qg[:, start:start + C], k[:, :start + C], v[:, :start + C], start,
                             scale)
               for start in range(0, T, C)]
@@ -126,6 +132,8 @@ def select(name: str, platform: str, compute_dtype: Any, device_kind: str,
     """The attention function `name` for devices of `platform` (cpu | gpu | tpu) on `mesh`, or
     a ConfigError saying why it cannot run there."""
     if name == "xla":
+        if platform == "cpu":
+            return functools.partial(xla_attention, smallest_block=CPU_QUERY_BLOCK)
         return xla_attention
     if name == "cudnn":
         if platform != "gpu" or "nvidia" not in device_kind.lower():

@@ -178,8 +178,9 @@ def param_shardings(mesh: Mesh, tree: Any) -> Any:
 
 def constrain(x: jax.Array, logical: Sequence[str | None], mesh: Mesh | None) -> jax.Array:
     """x laid out by its logical axes on `mesh` (a sharding constraint); x itself without a
-    mesh (a single-device model, or one compiled without constraints)."""
-    if mesh is None:
+    mesh or on a one-device mesh, where there is nothing to lay out (XLA:CPU still copies at a
+    constraint: 3.5% of a model=small step at seq 256 on 2 cores)."""
+    if mesh is None or mesh.devices.size == 1:
         return x
     return jax.lax.with_sharding_constraint(
         x, NamedSharding(mesh, logical_spec(x.shape, logical, mesh.shape)))
