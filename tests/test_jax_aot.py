@@ -268,6 +268,7 @@ def test_the_batch_search_records_every_probe(monkeypatch):
     search = record["compile"]["search"]
     assert search["best_batch_size"] == 12 and search["best_per_device_batch"] == 3
     assert record["batch_size"] == 12 == record["config"]["train"]["batch_size"]
+    assert "_b12_" in record["run_id"]  # named by the batch found, not the one asked for
     assert [p["batch_size"] for p in search["probes"]] == [4, 8, 16, 12]
     assert [p["fits"] for p in search["probes"]] == [True, True, False, True]
     assert record["compile"]["memory"]["fits"] is True

@@ -528,6 +528,10 @@ def plan(cfg: Any, model_name: str, target: Target, search: str, aot: Any,
             if best is not None:
                 record["batch_size"] = best
                 record["config"]["train"]["batch_size"] = best
+                # named by the batch it found (the same command always finds the same one)
+                found = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train,
+                                                                           batch_size=best))
+                record["run_id"] = run_id(found, model_name, target, search)
                 compiled = compile_at(best)
     except aot.CompileFailed as err:
         record["cause"] = f"CompileFailed: {err}"
