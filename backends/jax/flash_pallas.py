@@ -52,7 +52,13 @@ def _fwd_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, *, block: int, scale: float
     # causal: query block i needs key blocks 0..i only
     m, l, acc = jax.lax.fori_loop(0, i + 1, visit, start)
     o_ref[...] = (acc / l[:, None]).astype(o_ref.dtype)
-    lse_ref[...] = (m + jnp.log(l))[None, :]  # a row: queries along the 128 lanes
+    # lse is a row (queries along the 128 lanes) but m and l hold one query per sublane:
+    # transposed by a masked sublane sum (the diagonal of lse broadcast over lanes), since
+    # Mosaic would relayout a column into a row with a sublane gather that TPU v4 lacks
+    lse = (m + jnp.log(l))[:, None]  # (block, 1)
+    diagonal = (jax.lax.broadcasted_iota(jnp.int32, (block, block), 0)
+                == jax.lax.broadcasted_iota(jnp.int32, (block, block), 1))
+    lse_ref[...] = jnp.sum(jnp.where(diagonal, lse, 0.0), axis=0, keepdims=True)
 
 
 def _round_up(n: int, multiple: int) -> int:
