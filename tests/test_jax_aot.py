@@ -289,11 +289,14 @@ def test_the_batch_search_records_every_probe(monkeypatch):
     assert record["compile"]["memory"]["fits"] is True
 
 
-def test_fsdp_by_tensor_parallel_compiles_on_a_2d_mesh():
+@pytest.mark.parametrize("attention", ["xla", "splash"])
+def test_fsdp_by_tensor_parallel_compiles_on_a_2d_mesh(attention):
     """Issue 13's tensor axis through the compile path: a 2 x 2 FSDP x TP mesh on v5e:2x2 (the
-    batch splits over the 2 FSDP devices only), TP's collectives in the program."""
+    batch splits over the 2 FSDP devices only), TP's collectives in the program; splash runs on
+    each device's batch shard and half of the heads."""
     record = _plan("tpu:v5e:2x2", "model=tiny", "backend.data_parallel=1", "backend.fsdp=2",
-                   "backend.tensor_parallel=2", "train.batch_size=2")
+                   "backend.tensor_parallel=2", "train.batch_size=2", "precision=bf16",
+                   f"backend.attention={attention}", "train.seq_len=128")
     assert record["status"] == "compiled", record["cause"]
     c = record["compile"]
     assert c["mesh"] == {"dp": 1, "fsdp": 2, "tp": 2} and record["device"]["count"] == 4

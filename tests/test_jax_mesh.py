@@ -323,7 +323,9 @@ params = model.init_params(cfg, 0)
 source = data.SyntheticTokens(cfg.vocab, 4, 24, 0)
 out = {}
 for name, fields in [("xla-1", {"data_parallel": 1}), ("pallas-4", {"attention": "pallas",
-                     "flash_block_size": 8, "data_parallel": 2, "fsdp": 2})]:
+                     "flash_block_size": 8, "data_parallel": 2, "fsdp": 2}),
+                     ("pallas-tp", {"attention": "pallas", "flash_block_size": 8,
+                                    "data_parallel": 1, "fsdp": 2, "tensor_parallel": 2})]:
     b = JaxBackend(JaxConfig(**fields), cfg, PRECISIONS["fp32"], OptimConfig(), total_steps=2)
     b.setup(params)
     out[name] = [b.loss(b.train_step(s, source.batch(s))) for s in range(2)]
@@ -334,7 +336,8 @@ json.dump(out, sys.stdout)
 @pytest.mark.slow
 def test_pallas_attention_runs_per_device_shard_on_a_mesh():
     """A Mosaic kernel cannot be partitioned by XLA: on a (2, 2) mesh the Pallas kernel runs on
-    each device's batch shard (attention.per_shard) and trains like one device."""
+    each device's batch shard (attention.per_shard) and trains like one device; on FSDP 2 x TP 2
+    on its batch shard and its half of the heads."""
     import numpy as np
 
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
@@ -345,6 +348,30 @@ def test_pallas_attention_runs_per_device_shard_on_a_mesh():
     runs = json.loads(proc.stdout)
     # blockwise (online) softmax and cross-device sums: float32 rounding of losses ~5.5
     np.testing.assert_allclose(runs["pallas-4"], runs["xla-1"], rtol=1e-5)
+    np.testing.assert_allclose(runs["pallas-tp"], runs["xla-1"], rtol=1e-5)
+
+
+def test_tpu_kernels_split_the_heads_over_the_tensor_axis():
+    import jax
+
+    from trainbench.backends.jax import attention
+
+    pytest.importorskip("libtpu", reason="the tpu extra (libtpu) is part of `make setup`")
+    from trainbench.backends.jax import aot
+
+    grid = mesh.make_mesh(1, 2, tensor=2, devices=aot.target_devices("v5e:2x2"))
+    seen = []
+
+    def kernel(q, k, v):
+        seen.append((q.shape, k.shape))
+        return q
+
+    shape = jax.ShapeDtypeStruct((4, 16, 8, 4), "float32")
+    kv = jax.ShapeDtypeStruct((4, 16, 2, 4), "float32")
+    with jax.sharding.use_abstract_mesh(grid.abstract_mesh):
+        jax.eval_shape(attention.per_shard(kernel, grid), shape, kv, kv)
+    # each device: its half of the batch (fsdp 2) and half of the query and kv heads (tp 2)
+    assert seen == [((2, 16, 4, 4), (2, 16, 1, 4))]
 
 
 def test_a_one_device_mesh_adds_no_sharding_constraint():

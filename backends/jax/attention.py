@@ -112,13 +112,19 @@ def splash_attention(block_size: int, on_tpu: bool) -> Callable[..., jax.Array]:
 
 
 def per_shard(fn: Callable[..., jax.Array], mesh: Any) -> Callable[..., jax.Array]:
-    """`fn` run on each device's shard of the batch (q, k, v and the output split like the
-    batch, mesh.BATCH); `fn` itself on a single device or without a mesh."""
+    """`fn` run on each device's shard: the batch split like the batch (over data and fsdp) and,
+    on a mesh with a tensor axis, the heads split over it (each device runs its n_heads/tp query
+    heads against its n_kv_heads/tp kv heads: whole GQA groups, as check_tensor_parallel
+    ensures), so no device gathers or recomputes another's heads. `fn` itself on a single device
+    or without a mesh."""
     if mesh is None or mesh.devices.size == 1:
         return fn
+    from jax.sharding import PartitionSpec as P
+
     from trainbench.backends.jax.mesh import BATCH
 
-    return jax.shard_map(fn, mesh=mesh, in_specs=(BATCH, BATCH, BATCH), out_specs=BATCH,
+    spec = P(BATCH[0], None, "tensor", None) if mesh.shape.get("tensor", 1) > 1 else BATCH
+    return jax.shard_map(fn, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec,
                          check_vma=False)
 
 
