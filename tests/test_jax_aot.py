@@ -310,3 +310,26 @@ def test_a_tensor_axis_the_heads_do_not_divide_is_refused_before_compiling():
     with pytest.raises(ConfigError, match="backend.tensor_parallel=3"):
         _plan("tpu:v5e:2x2", "model=tiny", "backend.data_parallel=1",
               "backend.tensor_parallel=3", "train.batch_size=2")
+
+
+def test_the_batch_search_steps_by_the_data_parallel_devices_of_a_tp_mesh(monkeypatch):
+    # FSDP 2 x TP 2: the batch splits over the 2 FSDP devices, so the search moves in steps of
+    # 2 sequences (not 4, the device count); here 6 fit, 8 do not
+    stats = {"argument_size_in_bytes": 2**20, "output_size_in_bytes": 2**20,
+             "alias_size_in_bytes": 2**20, "temp_size_in_bytes": 2**20,
+             "generated_code_size_in_bytes": 2**20}
+    mesh = {"dp": 1, "fsdp": 2, "tp": 2}
+
+    def compile_step(cfg, devices, batch):
+        if batch > 6:
+            return aot.Compiled("TPU v5 lite", "tpu", mesh, None,
+                                "RESOURCE_EXHAUSTED: Used 20.5G of 15.75G hbm.")
+        return aot.Compiled("TPU v5 lite", "tpu", mesh, stats, None, {"flops": 1e9})
+
+    monkeypatch.setattr(aot, "compile_step", compile_step)
+    record = _plan("tpu:v5e:2x2", "model=tiny", "backend.data_parallel=1", "backend.fsdp=2",
+                   "backend.tensor_parallel=2", "train.batch_size=2", search="batch")
+    search = record["compile"]["search"]
+    assert search["best_batch_size"] == 6 and search["best_per_device_batch"] == 3
+    assert all(p["batch_size"] % 2 == 0 for p in search["probes"])
+    assert 6 in [p["batch_size"] for p in search["probes"]]

@@ -517,12 +517,16 @@ def plan(cfg: Any, model_name: str, target: Target, search: str, aot: Any,
         compiled = compile_at(t.batch_size)  # config errors (mesh, batch) surface here first
         search_out: dict[str, Any] | None = None
         if search == "batch":
-            step = int(math.prod(compiled.mesh.values()))
+            # the batch splits over the data-parallel devices (dp x fsdp); the tensor axis's
+            # devices share each slice
+            step = int(compiled.mesh["dp"] * compiled.mesh["fsdp"])
             capacity = _chip_facts(compiled.device_kind, per_chip,
                                    cfg.precision.compute_dtype)["hbm_bytes"]
             best, probes = search_batch(probe, step, step * MAX_PER_DEVICE_BATCH, capacity)
             search_out = {"best_batch_size": best,
                           "best_per_device_batch": None if best is None else best // step,
+                          "per_device_note": "sequences per data-parallel device (dp x fsdp); "
+                                             "the tensor-parallel devices share them",
                           "limit_per_device_batch": MAX_PER_DEVICE_BATCH,
                           "probes": [dataclasses.asdict(p) for p in probes]}
             if best is not None:
