@@ -264,21 +264,25 @@ def test_a_step_the_compiler_rejects_is_recorded_as_failed_with_its_message(caps
     assert record["cause"].startswith("CompileFailed: ") and "128" in record["cause"]
 
 
-def test_the_batch_search_records_every_probe(monkeypatch):
-    """The search through plan() with a stand-in compiler that runs out of memory above 3
-    sequences per device (the search's own logic is tested in test_compile.py)."""
+def _fake_compiler(monkeypatch, mesh, largest):
+    """A stand-in aot.compile_step on `mesh` that runs out of memory above `largest` sequences
+    (the search's own logic is tested in test_compile.py)."""
     stats = {"argument_size_in_bytes": 2**20, "output_size_in_bytes": 2**20,
              "alias_size_in_bytes": 2**20, "temp_size_in_bytes": 2**20,
              "generated_code_size_in_bytes": 2**20}
-    mesh = {"dp": 4, "fsdp": 1, "tp": 1}
 
     def compile_step(cfg, devices, batch):
-        if batch > 12:
+        if batch > largest:
             return aot.Compiled("TPU v5 lite", "tpu", mesh, None,
                                 "RESOURCE_EXHAUSTED: Used 20.5G of 15.75G hbm.")
         return aot.Compiled("TPU v5 lite", "tpu", mesh, stats, None, {"flops": 1e9})
 
     monkeypatch.setattr(aot, "compile_step", compile_step)
+
+
+def test_the_batch_search_records_every_probe(monkeypatch):
+    """The search through plan(), out of memory above 3 sequences per device."""
+    _fake_compiler(monkeypatch, {"dp": 4, "fsdp": 1, "tp": 1}, largest=12)
     record = _plan("tpu:v5e:2x2", "model=tiny", "backend.data_parallel=4", search="batch")
     search = record["compile"]["search"]
     assert search["best_batch_size"] == 12 and search["best_per_device_batch"] == 3
@@ -315,18 +319,7 @@ def test_a_tensor_axis_the_heads_do_not_divide_is_refused_before_compiling():
 def test_the_batch_search_steps_by_the_data_parallel_devices_of_a_tp_mesh(monkeypatch):
     # FSDP 2 x TP 2: the batch splits over the 2 FSDP devices, so the search moves in steps of
     # 2 sequences (not 4, the device count); here 6 fit, 8 do not
-    stats = {"argument_size_in_bytes": 2**20, "output_size_in_bytes": 2**20,
-             "alias_size_in_bytes": 2**20, "temp_size_in_bytes": 2**20,
-             "generated_code_size_in_bytes": 2**20}
-    mesh = {"dp": 1, "fsdp": 2, "tp": 2}
-
-    def compile_step(cfg, devices, batch):
-        if batch > 6:
-            return aot.Compiled("TPU v5 lite", "tpu", mesh, None,
-                                "RESOURCE_EXHAUSTED: Used 20.5G of 15.75G hbm.")
-        return aot.Compiled("TPU v5 lite", "tpu", mesh, stats, None, {"flops": 1e9})
-
-    monkeypatch.setattr(aot, "compile_step", compile_step)
+    _fake_compiler(monkeypatch, {"dp": 1, "fsdp": 2, "tp": 2}, largest=6)
     record = _plan("tpu:v5e:2x2", "model=tiny", "backend.data_parallel=1", "backend.fsdp=2",
                    "backend.tensor_parallel=2", "train.batch_size=2", search="batch")
     search = record["compile"]["search"]
