@@ -35,9 +35,9 @@ tile)."""
 CPU_QUERY_BLOCK = 64
 """Smallest query block on the CPU. On a 2-core CPU (model=small heads, fp32, forward +
 backward, 2048 tokens, against jax.nn.dot_product_attention(is_causal=True); medians of 7 rounds
-of scripts/bench_jax_attention.py, benchmarks/cpu/README.md) blocks of 64 took 0.64x of its time at T=128,
-0.75x at 256, 0.60x at 512 and 0.47x at 1024, where blocks of 128 took 0.95x, 0.97x, 0.64x
-and 0.47x; blocks of 32 were no faster."""
+of scripts/bench_jax_attention.py, benchmarks/cpu/jax_attention_blocks_quiet.json) blocks of 64
+took 0.58x of its time at T=128, 0.71x at 256, 0.60x at 512 and 0.47x at 1024, where blocks of
+128 took 0.96x, 0.92x, 0.64x and 0.45x; blocks of 32 were no faster."""
 
 MAX_BLOCKS = 8
 """Most query blocks: beyond 8 smallest blocks, blocks grow instead, so the number of
