@@ -13,6 +13,7 @@ plan() {  # topology fsdp tp model [extra overrides...]
     train.seq_len=8192 "train.batch_size=$fsdp" results_dir=benchmarks/tpu "$@"
 }
 plan v5p:4x4x4 16 4 llama3_70b search=batch
+plan v6e:16x16 64 4 llama3_70b search=batch   # FSDP alone does not fit v6e-256
 plan tpu7x:4x4x4 16 8 llama31_405b   # 64 chips (128 TensorCores): fits
 plan tpu7x:2x4x4 8 8 llama31_405b    # 32 chips: does not
 plan v5p:4x4x8 16 8 llama31_405b     # 128 chips: fits
