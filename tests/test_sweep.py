@@ -76,11 +76,15 @@ def test_missing_backend_in_a_sweep_is_a_failed_record(tmp_path):
     assert statuses[1][0] == "ok"
 
 
+SWEEP = ",".join(str(b) for b in range(1, 25))
+"""The killed sweep's batch sizes: 24 runs of a few tenths of a second each."""
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM])
 def test_killing_a_sweep_leaves_only_whole_records(tmp_path, sig):
     env = {**os.environ, "PYTHONPATH": PLUGINS}
     proc = subprocess.Popen([sys.executable, "-m", "trainbench", "-m", "experiment=cpu_smoke",
-                             "backend=reference", "train.batch_size=1,2,3,4,5,6,7,8",
+                             "backend=reference", f"train.batch_size={SWEEP}",
                              "results_dir=out"], cwd=tmp_path, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -89,7 +93,9 @@ def test_killing_a_sweep_leaves_only_whole_records(tmp_path, sig):
     os.killpg(proc.pid, sig)
     proc.wait(timeout=60)
     written = list((tmp_path / "out").glob("*.json"))
-    assert 2 <= len(written) < 8
+    # killed after the second record, long before the last: a loaded machine may let the test
+    # poll late (a sweep of 8 once finished before the kill arrived), so the sweep is long
+    assert 2 <= len(written) < len(SWEEP.split(","))
     for path in written:
         record = json.loads(path.read_text())
         assert record["status"] == "ok" and record["metrics"]["tokens_per_s"] > 0
