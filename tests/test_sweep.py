@@ -76,7 +76,7 @@ def test_missing_backend_in_a_sweep_is_a_failed_record(tmp_path):
     assert statuses[1][0] == "ok"
 
 
-SWEEP = ",".join(str(b) for b in range(1, 25))
+KILLED_SWEEP = ",".join(str(b) for b in range(1, 25))
 """The killed sweep's batch sizes: 24 runs of a few tenths of a second each."""
 
 
@@ -84,7 +84,7 @@ SWEEP = ",".join(str(b) for b in range(1, 25))
 def test_killing_a_sweep_leaves_only_whole_records(tmp_path, sig):
     env = {**os.environ, "PYTHONPATH": PLUGINS}
     proc = subprocess.Popen([sys.executable, "-m", "trainbench", "-m", "experiment=cpu_smoke",
-                             "backend=reference", f"train.batch_size={SWEEP}",
+                             "backend=reference", f"train.batch_size={KILLED_SWEEP}",
                              "results_dir=out"], cwd=tmp_path, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -95,7 +95,7 @@ def test_killing_a_sweep_leaves_only_whole_records(tmp_path, sig):
     written = list((tmp_path / "out").glob("*.json"))
     # killed after the second record, long before the last: a loaded machine may let the test
     # poll late (a sweep of 8 once finished before the kill arrived), so the sweep is long
-    assert 2 <= len(written) < len(SWEEP.split(","))
+    assert 2 <= len(written) < len(KILLED_SWEEP.split(","))
     for path in written:
         record = json.loads(path.read_text())
         assert record["status"] == "ok" and record["metrics"]["tokens_per_s"] > 0
