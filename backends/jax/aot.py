@@ -61,19 +61,24 @@ def target_devices(topology: str | None) -> list[Any]:
         # libtpu takes /tmp/libtpu_lockfile so that one process owns the chips; a compile for
         # chips that are not here owns none, and parallel compiles (test workers) must coexist
         os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-        # this host is no TPU worker: say so, or libtpu asks the (absent) GCE metadata server
-        # and prints its failures ("could not determine TPU accelerator type", "unexpected
-        # worker hostname") to every user; the target topology is named explicitly below
-        for name, value in QUIET_LIBTPU_ENV.items():
-            os.environ.setdefault(name, value)
     from jax.experimental import topologies
 
+    # this host is no TPU worker: say so, or libtpu asks the (absent) GCE metadata server and
+    # prints its failures ("could not determine TPU accelerator type", "unexpected worker
+    # hostname") to every user. Only while libtpu starts: the process's children (a sweep's
+    # runs) must not inherit a TPU worker's description.
+    added = ({} if platforms.attached_tpu_chips() else
+             {k: v for k, v in QUIET_LIBTPU_ENV.items() if k not in os.environ})
+    os.environ.update(added)
     try:
         return list(topologies.get_topology_desc(topology_name=topology, platform="tpu").devices)
     except Exception as err:  # JaxRuntimeError INVALID_ARGUMENT from libtpu
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"target=tpu:{topology}: libtpu cannot build this topology: "
                           f"{reason}") from None
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
 
 
 def devices_per_chip(devices: Sequence[Any]) -> int:
