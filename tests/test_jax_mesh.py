@@ -117,15 +117,20 @@ json.dump(out, sys.stdout)
 """
 
 
+def _on_four_cpu_devices(script: str, timeout: int) -> dict:
+    """The JSON `script` prints, run in a fresh interpreter on 4 virtual CPU devices."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
 def test_data_parallel_and_fsdp_equal_one_device():
     import numpy as np
 
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-               JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    runs = json.loads(proc.stdout)
+    runs = _on_four_cpu_devices(_SCRIPT, timeout=300)
     assert runs.pop("refused") == ("train.batch_size=6 is not divisible by the 4 data-parallel "
                                    "devices of the mesh")
     one = runs.pop("1x1")
@@ -340,12 +345,7 @@ def test_pallas_attention_runs_per_device_shard_on_a_mesh():
     on its batch shard and its half of the heads."""
     import numpy as np
 
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-               JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", _KERNEL_SCRIPT], env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    runs = json.loads(proc.stdout)
+    runs = _on_four_cpu_devices(_KERNEL_SCRIPT, timeout=600)
     # blockwise (online) softmax and cross-device sums: float32 rounding of losses ~5.5
     np.testing.assert_allclose(runs["pallas-4"], runs["xla-1"], rtol=1e-5)
     np.testing.assert_allclose(runs["pallas-tp"], runs["xla-1"], rtol=1e-5)

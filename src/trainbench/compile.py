@@ -255,7 +255,7 @@ def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, Any]] = {kind: {"count": 0, "bytes": 0, "bytes_by_dtype": {}}
                                       for kind in COLLECTIVES}
     for type_text, kind, is_async, operands, computation in found:
-        times = runs.get(computation, 1) if entry else 1
+        times = runs.get(computation, 1)
         arrays = _ARRAY.findall(type_text)
         if is_async:  # the -start result tuple holds its input, its output and sync flags
             sizes = _array_bytes(type_text)
