@@ -51,13 +51,6 @@ def test_d_ff_and_vocab_must_divide():
         check_tensor_parallel(2, dataclasses.replace(TINY, vocab=255), 16, 2, "ddp", {})
 
 
-def test_compile_under_tensor_parallelism_is_refused():
-    with pytest.raises(ConfigError, match="backend.compile=true with backend.tensor_parallel=2 "
-                                          "is not supported yet"):
-        check_tensor_parallel(2, TINY, 16, 2, "ddp", {}, compile=True)
-    check_tensor_parallel(1, TINY, 16, 2, "ddp", {}, compile=True)
-
-
 def test_triton_ops_on_local_shards_are_allowed():
     check_tensor_parallel(2, TINY, 16, 2, "ddp",
                           {"rope": "triton", "swiglu": "triton", "attention": "triton"})
@@ -107,7 +100,7 @@ def _one_process(precision: str = "fp32") -> dict:
 
 
 def _torchrun(nproc: int, parallel: str, tp: int, precision: str, tmp_path,
-              kernels: str = "native") -> dict:
+              kernels: str = "native", compile: bool = False) -> dict:
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     env["OMP_NUM_THREADS"] = "1"  # the ranks share the test machine's cores
@@ -115,7 +108,7 @@ def _torchrun(nproc: int, parallel: str, tp: int, precision: str, tmp_path,
         env["TRITON_INTERPRET"] = "1"  # Triton on the CPU: its interpreter
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                            "--nproc_per_node", str(nproc), __file__, parallel, str(tp),
-                           precision, kernels], cwd=tmp_path, env=env, capture_output=True,
+                           precision, kernels, str(int(compile))], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     [line] = [line for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -147,6 +140,21 @@ def test_tensor_parallel_2_matches_one_process(tmp_path):
     # of the vocabulary of the embedding
     assert run["local_shapes"]["layers.0.wq"] == [32, 64]
     assert run["local_shapes"]["embed"] == [128, 64]
+    _assert_fp32_match(run, _one_process())
+
+
+def test_compiled_blocks_under_tensor_parallel_2_match_one_process(tmp_path):
+    # torchtitan's order: TP, then torch.compile (Inductor) per block; eager on one process
+    run = _torchrun(2, "ddp", 2, "fp32", tmp_path, compile=True)
+    assert run["compiled_graphs"] >= 1 and run["graph_breaks"] == 0
+    _assert_fp32_match(run, _one_process())
+
+
+@pytest.mark.slow
+def test_compiled_blocks_under_fsdp_2_by_tensor_parallel_2_match_one_process(tmp_path):
+    run = _torchrun(4, "fsdp", 2, "fp32", tmp_path, compile=True)
+    assert run["mesh"] == {"dp": 1, "fsdp": 2, "tp": 2}
+    assert run["compiled_graphs"] >= 1 and run["graph_breaks"] == 0
     _assert_fp32_match(run, _one_process())
 
 
@@ -208,11 +216,13 @@ def test_fsdp_bf16_mixed_precision_tracks_fp32(tp, nproc, tmp_path):
     assert _rel(run["grads"], one["grads"]) <= 2e-2
 
 
-def _rank_main(parallel: str, tp: int, precision: str, kernels: str) -> None:
+def _rank_main(parallel: str, tp: int, precision: str, kernels: str, compile: bool) -> None:
     import torch.distributed as dist
+    from torch._dynamo.utils import counters
 
     on_shards = {op: kernels for op in ("rope", "swiglu", "attention")}
-    backend = TorchBackend(TorchConfig(parallel=parallel, tensor_parallel=tp, **on_shards), TINY,
+    backend = TorchBackend(TorchConfig(parallel=parallel, tensor_parallel=tp, compile=compile,
+                                       **on_shards), TINY,
                            PRECISIONS[precision], OptimConfig(), total_steps=STEPS)
     result = _run(backend)
     names = {name.removesuffix(".weight"): p for name, p in backend.model.named_parameters()}
@@ -228,6 +238,8 @@ def _rank_main(parallel: str, tp: int, precision: str, kernels: str) -> None:
         out.update(mesh=device.extra["mesh"], count=device.count, local_shapes=local,
                    ops=backend.backend_cfg.op_choices(),
                    forward_weight_dtype=seen[0],
+                   compiled_graphs=counters["stats"]["unique_graphs"],
+                   graph_breaks=sum(counters["graph_break"].values()),
                    master_dtypes=sorted({str(p.dtype) for p in names.values()}))
         print(json.dumps(out))
     # Leave together and skip the interpreter's teardown: gloo's threads can still abort a rank
@@ -239,4 +251,4 @@ def _rank_main(parallel: str, tp: int, precision: str, kernels: str) -> None:
 
 
 if __name__ == "__main__":
-    _rank_main(sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4])
+    _rank_main(sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5] == "1")

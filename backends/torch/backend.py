@@ -130,8 +130,7 @@ class TorchBackend(Backend):
         from trainbench.backends.torch import parallel
 
         parallel.check_tensor_parallel(backend_cfg.tensor_parallel, model_cfg, train_cfg.seq_len,
-                                       _world(), backend_cfg.parallel, backend_cfg.op_choices(),
-                                       backend_cfg.compile)
+                                       _world(), backend_cfg.parallel, backend_cfg.op_choices())
 
     @classmethod
     def versions(cls) -> dict[str, str]:

@@ -37,9 +37,9 @@ vocab-parallel loss receive DTensors, which a kernel cannot take."""
 
 
 def check_tensor_parallel(tp: int, cfg: ModelConfig, seq_len: int, world: int, parallel: str,
-                          ops: dict[str, str], compile: bool = False) -> None:
-    """Raise ConfigError, naming the numbers, for a TP size the model, batch shape, process count,
-    op choices or compile option cannot take."""
+                          ops: dict[str, str]) -> None:
+    """Raise ConfigError, naming the numbers, for a TP size the model, batch shape, process count
+    or op choices cannot take."""
     check_tensor_parallel_dims(cfg, tp)
     if tp == 1:
         return
@@ -54,11 +54,6 @@ def check_tensor_parallel(tp: int, cfg: ModelConfig, seq_len: int, world: int, p
         raise ConfigError(f"backend.parallel={parallel} cannot be combined with "
                           f"backend.tensor_parallel={tp} over {world} processes: the data axis "
                           "of a 2-D mesh is FSDP (backend.parallel=fsdp)")
-    if compile:
-        # torch 2.13 on the CPU: the first backward of compiled blocks under TP fails inside a
-        # DTensor redistribute ("'Tensor' object has no attribute '_local_tensor'")
-        raise ConfigError(f"backend.compile=true with backend.tensor_parallel={tp} is not "
-                          "supported yet (its backward fails in DTensor); use compile=false")
     for op, choice in ops.items():
         if choice != "native" and not TP_OPS.get(op, False):
             raise ConfigError(f"backend.{op}={choice} cannot run under backend.tensor_parallel="
@@ -89,6 +84,11 @@ def apply_tp(model: nn.Module, tp_mesh: DeviceMesh) -> None:
 
     # the token lookup: vocab-split table, partial rows reduce-scattered onto the sequence split
     plan = {"embed": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1))}
+    # That reduce-scatter is asynchronous: its output is an AsyncCollectiveTensor, a tensor
+    # subclass. A torch.compile'd first block cannot take one: its backward hands the
+    # embedding's redistribute a plain gradient where a DTensor belongs (torch 2.13: "'Tensor'
+    # object has no attribute '_local_tensor'"). One copy waits for it and passes a plain tensor.
+    model.embed.register_forward_hook(_wait_for_collective)
     if model.lm_head is not None:  # never called as a module (head_weight()): this only splits
         plan["lm_head"] = ColwiseParallel()  # its [V, d] weight over the vocabulary, Shard(0)
     plan.update(norm_then_gather("final_norm"))
@@ -103,6 +103,14 @@ def apply_tp(model: nn.Module, tp_mesh: DeviceMesh) -> None:
         layer_plan.update(norm_then_gather("attn_norm"))
         layer_plan.update(norm_then_gather("mlp_norm"))
         _parallelize(block, tp_mesh, layer_plan)
+
+
+def _wait_for_collective(module: nn.Module, args: object, out: torch.Tensor) -> torch.Tensor:
+    """A forward hook: the module's output as a plain tensor (a copy, which waits for a pending
+    collective), where it is a tensor subclass such as AsyncCollectiveTensor."""
+    import torch
+
+    return out if type(out) is torch.Tensor else out.clone()
 
 
 def _parallelize(module: nn.Module, mesh: DeviceMesh, plan: dict[str, object]) -> None:
