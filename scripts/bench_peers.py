@@ -11,6 +11,9 @@ global-norm clipping, on the same token batches:
   - torch compiled   / LlamaForCausalLM under torch.compile   (backend.compile=true: per block)
   - jax              / a minimal JAX + Optax Llama (jit, donated buffers,
                        jax.nn.dot_product_attention(is_causal=True))
+  - jax attention=jax / the same minimal JAX loop: trainbench with the peer's own attention
+                       call, so the two differ in the harness alone (model code, schedule,
+                       sharding setup), not in the attention
 
 Protocol: every contestant is built and warmed up (compilation included) first; then `--rounds`
 rounds, each timing `--steps` steps of every contestant in turn (interleaved, so a change in the
@@ -68,7 +71,8 @@ def trainbench_loop(backend_name: str, overrides: dict[str, Any], args: argparse
     backend_cfg = cls.config_class(name=backend_name, **overrides)
     backend = cls(backend_cfg, cfg, TB_PRECISIONS[args.precision], OptimConfig(), total_steps)
     backend.setup(model.init_params(cfg, seed=0))
-    label = backend_name + (" compiled" if overrides.get("compile") else "")
+    label = backend_name + (" compiled" if overrides.get("compile") else "") + "".join(
+        f" {k}={v}" for k, v in overrides.items() if k == "attention")
     return Contestant(f"trainbench {label}", backend.train_step, backend.synchronize)
 
 
@@ -272,12 +276,13 @@ def mini_jax_loop(cfg: Any, precision: str) -> Contestant:
 PAIRS = (("trainbench torch", "HF Llama eager"),
          ("trainbench torch", "minimal PyTorch"),
          ("trainbench torch compiled", "HF Llama torch.compile"),
-         ("trainbench jax", "minimal JAX + Optax"))
+         ("trainbench jax", "minimal JAX + Optax"),
+         ("trainbench jax attention=jax", "minimal JAX + Optax"))
 """(trainbench side, peer) pairs, each compared by its paired ratios."""
 
 GROUPS = {"torch": ("trainbench torch", "HF Llama eager", "minimal PyTorch"),
           "compile": ("trainbench torch compiled", "HF Llama torch.compile"),
-          "jax": ("trainbench jax", "minimal JAX + Optax")}
+          "jax": ("trainbench jax", "trainbench jax attention=jax", "minimal JAX + Optax")}
 """--only choices: which contestants a run builds."""
 
 
@@ -291,6 +296,9 @@ def build(name: str, args: argparse.Namespace, cfg: Any, total_steps: int) -> Co
         "trainbench torch compiled": lambda: trainbench_loop(
             "torch", {"device": args.device, "compile": True}, args, cfg, total_steps),
         "trainbench jax": lambda: trainbench_loop("jax", {}, args, cfg, total_steps),
+        # the peer's own attention: what is left between the two is the harness alone
+        "trainbench jax attention=jax": lambda: trainbench_loop(
+            "jax", {"attention": "jax"}, args, cfg, total_steps),
         "HF Llama eager": lambda: torch_loop(
             "HF Llama eager", hf_llama(cfg, args.device), hf_forward, args.device,
             args.precision),

@@ -88,10 +88,12 @@ def test_a_tiny_real_run_writes_the_json_and_the_table(tmp_path, capsys):
     [length] = result["lengths"]
     assert (length["seq"], length["batch"]) == (16, 2)
     assert set(length["contestants"]) == {"trainbench torch", "HF Llama eager", "minimal PyTorch",
-                                          "trainbench jax", "minimal JAX + Optax"}
+                                          "trainbench jax", "trainbench jax attention=jax",
+                                          "minimal JAX + Optax"}
     assert [(p["trainbench"], p["peer"]) for p in length["pairs"]] == [
         ("trainbench torch", "HF Llama eager"), ("trainbench torch", "minimal PyTorch"),
-        ("trainbench jax", "minimal JAX + Optax")]
+        ("trainbench jax", "minimal JAX + Optax"),
+        ("trainbench jax attention=jax", "minimal JAX + Optax")]
     for pair in length["pairs"]:
         assert len(pair["speed"]["per_round"]) == 2 and pair["speed"]["median"] > 0
         assert len(pair["cpu_speed"]["per_round"]) == 2 and pair["cpu_speed"]["median"] > 0

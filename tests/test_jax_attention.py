@@ -14,7 +14,8 @@ from trainbench import ops
 import functools
 
 from trainbench.backends.jax.attention import (CPU_QUERY_BLOCK, MAX_BLOCKS, QUERY_BLOCK,
-                                               query_block, select, xla_attention)
+                                               jax_attention, query_block, select,
+                                               xla_attention)
 
 from conftest import attention_inputs, check_jax_attention_fp32
 
@@ -30,6 +31,13 @@ def test_forward_and_backward_match_the_reference_fp32(B, T, Hq, Hkv, D, smalles
     # span 1, 4 and 5 (ragged) blocks
     fn = functools.partial(xla_attention, smallest_block=smallest)
     check_jax_attention_fp32(jax.jit(fn), *attention_inputs(B, T, Hq, Hkv, D))
+
+
+@pytest.mark.parametrize("B, T, Hq, Hkv, D", SHAPES[:1] + [(1, 64, 4, 1, 8)])
+def test_jax_choice_matches_the_reference_fp32(B, T, Hq, Hkv, D):
+    # backend.attention=jax: JAX's own dot_product_attention, grouped-query heads included
+    assert select("jax", "cpu", jnp.float32, "cpu", 128) is jax_attention
+    check_jax_attention_fp32(jax.jit(jax_attention), *attention_inputs(B, T, Hq, Hkv, D))
 
 
 def test_the_cpu_takes_smaller_query_blocks_than_accelerators():

@@ -5,6 +5,9 @@ kv head h // (Hq // Hkv), as trainbench.ops.attention_fwd does.
 
 - xla: jnp einsums over query blocks that skip most of the masked triangle; XLA fuses the
   rest. Runs everywhere; the default.
+- jax: jax.nn.dot_product_attention(is_causal=True) with JAX's own choice of implementation
+  (on the CPU and TPU its XLA path: the whole [T, T] score square, masked); what a plain JAX
+  loop calls, so a run with it differs from one only in the harness (scripts/bench_peers.py).
 - cudnn: jax.nn.dot_product_attention(implementation="cudnn"), cuDNN's fused flash attention;
   NVIDIA GPUs only, in bfloat16 or float16 (cuDNN has no float32 flash kernel).
 - pallas: trainbench's Pallas flash-attention kernel (flash_pallas.py), written for TPU; on the
@@ -88,6 +91,11 @@ def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array,
     return jnp.concatenate(blocks, axis=1).reshape(B, T, Hq, D)
 
 
+def jax_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """jax.nn.dot_product_attention, causal, implementation left to JAX; GQA is native."""
+    return jax.nn.dot_product_attention(q, k, v, is_causal=True)
+
+
 def cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     """cuDNN fused attention; GQA is native (kv heads broadcast over their query group)."""
     return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
@@ -128,7 +136,7 @@ def per_shard(fn: Callable[..., jax.Array], mesh: Any) -> Callable[..., jax.Arra
                          check_vma=False)
 
 
-IMPLEMENTATIONS = ("xla", "cudnn", "pallas", "splash")
+IMPLEMENTATIONS = ("xla", "jax", "cudnn", "pallas", "splash")
 _PALLAS_KERNELS = {"pallas": pallas_attention, "splash": splash_attention}
 
 
@@ -141,6 +149,8 @@ def select(name: str, platform: str, compute_dtype: Any, device_kind: str,
         if platform == "cpu":
             return functools.partial(xla_attention, smallest_block=CPU_QUERY_BLOCK)
         return xla_attention
+    if name == "jax":
+        return jax_attention
     if name == "cudnn":
         if platform != "gpu" or "nvidia" not in device_kind.lower():
             raise ConfigError(f"backend.attention=cudnn needs an NVIDIA GPU; this run is on "
