@@ -2,6 +2,7 @@
 
     python scripts/bench_cpu_peak.py                          # numpy, torch, jax; 5 rounds
     python scripts/bench_cpu_peak.py --frameworks torch --rounds 8 --json peak.json
+    python scripts/bench_cpu_peak.py --trace 10 --rounds 3           # rate over time, per process
 
 Each round runs the old probe (best of 5 x 0.2 s) and trainbench's CPU probe
 (trainbench.hardware.CPU_PROBE) once per framework, interleaved, on the same 1024 x 1024 float32
@@ -9,6 +10,10 @@ matmul each backend uses. Per probe it prints the median peak over rounds and th
 spread, (max - min) / median of the rounds' peaks. The JSON keeps every round, the load
 average and the core count: on a shared machine a probe measures the share of the CPU it gets,
 which is why trainbench caches the peak per machine (trainbench.peakcache).
+
+With --trace SECONDS it instead records, `--rounds` times per framework in turn, the rate of
+consecutive 0.25 s windows for SECONDS seconds in one process: whether the rate moves within a
+process (the machine) or only between probes.
 """
 
 from __future__ import annotations
@@ -67,11 +72,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frameworks", nargs="+", default=list(PRODUCTS), choices=list(PRODUCTS))
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--trace", type=float, default=None, metavar="SECONDS",
+                        help="record each framework's rate in 0.25 s windows for SECONDS")
     parser.add_argument("--json", default=None, help="write the result to this JSON file")
     args = parser.parse_args(argv)
     if args.rounds < 2:
         parser.error(f"--rounds {args.rounds} must be at least 2 (a spread needs two)")
+    if args.trace is not None and not args.trace >= 0.5:
+        parser.error(f"--trace {args.trace} must be at least 0.5 seconds (two windows)")
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    if args.trace is not None:
+        return trace(args, argv)
     probes = {"old": OLD_PROBE, "trainbench": hardware.CPU_PROBE}
     products = {f: PRODUCTS[f](hardware.CPU_PROBE.n) for f in args.frameworks}
     rounds: dict[str, dict[str, list[float]]] = {f: {p: [] for p in probes} for f in products}
@@ -103,6 +114,42 @@ def main(argv: list[str] | None = None) -> int:
             "load_avg_start": load_start, "load_avg_end": load_end,
             "probes": {k: dataclasses.asdict(v) for k, v in probes.items()},
             "rounds_flops_per_s": rounds, "summary": summary}, indent=2))
+    return 0
+
+
+TRACE_WINDOW_S = 0.25
+
+
+def trace(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """--trace: consecutive windows' rates within one process, per framework and round."""
+    window = hardware.ProbeSettings(n=hardware.CPU_PROBE.n,
+                                    repeats=max(2, round(args.trace / TRACE_WINDOW_S)),
+                                    min_time_s=TRACE_WINDOW_S)
+    products = {f: PRODUCTS[f](window.n) for f in args.frameworks}
+    traces: dict[str, list[list[float]]] = {f: [] for f in products}
+    load_start = list(os.getloadavg())
+    for r in range(args.rounds):
+        for framework, product in products.items():
+            rates = hardware.matmul_rates(product, window)
+            traces[framework].append(rates)
+            s = run_to_run(rates)
+            print(f"{framework:6} round {r + 1}: {len(rates)} windows, "
+                  f"{min(rates) / 1e9:6.1f}-{max(rates) / 1e9:6.1f} GFLOP/s, spread within the "
+                  f"process {100 * s['spread']:5.1f}%; first half's best "
+                  f"{max(rates[:len(rates) // 2]) / 1e9:6.1f}, second half's "
+                  f"{max(rates[len(rates) // 2:]) / 1e9:6.1f}", flush=True)
+    load_end = list(os.getloadavg())
+    print(f"load average {load_start[0]:.1f} -> {load_end[0]:.1f} on {os.cpu_count()} cores")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({
+            "schema": "trainbench.bench_cpu_peak.trace/1",
+            "command": "python scripts/bench_cpu_peak.py " + " ".join(
+                sys.argv[1:] if argv is None else argv),
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "cpu": hardware.cpu_name(), "cpu_count": os.cpu_count(),
+            "load_avg_start": load_start, "load_avg_end": load_end,
+            "window": dataclasses.asdict(window), "traces_flops_per_s": traces}, indent=2))
     return 0
 
 

@@ -36,3 +36,23 @@ def test_a_short_run_records_every_round(tmp_path, monkeypatch):
     assert all(len(v) == 2 and min(v) > 0 for v in result["rounds_flops_per_s"]["numpy"].values())
     assert result["summary"]["numpy"]["trainbench"]["spread"] >= 0
     assert result["cpu_count"] >= 1 and len(result["load_avg_start"]) == 3
+
+
+def test_a_trace_records_consecutive_windows_per_round(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bench_cpu_peak, "TRACE_WINDOW_S", 0.01)
+    monkeypatch.setattr(bench_cpu_peak.hardware, "CPU_PROBE",
+                        bench_cpu_peak.hardware.ProbeSettings(n=64, repeats=2, min_time_s=0.01))
+    out = tmp_path / "trace.json"
+    assert bench_cpu_peak.main(["--frameworks", "numpy", "--trace", "0.5", "--rounds", "2",
+                                "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    rounds = result["traces_flops_per_s"]["numpy"]
+    assert len(rounds) == 2 and all(len(r) == 50 and min(r) > 0 for r in rounds)
+    assert result["window"]["min_time_s"] == 0.01
+    assert "spread within the process" in capsys.readouterr().out
+
+
+def test_a_too_short_trace_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        bench_cpu_peak.main(["--trace", "0.1"])
+    assert "--trace 0.1 must be at least 0.5 seconds" in capsys.readouterr().err

@@ -164,7 +164,7 @@ class TorchBackend(Backend):
         if self.world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if on_cuda else "gloo",
                                     device_id=self.torch_dev if on_cuda else None)
-            atexit.register(dist.destroy_process_group)
+            atexit.register(_leave_process_group)
 
     def _set_ranks(self) -> None:
         """This process's place in the launch (torchrun's variables) and in the (dp_shard, tp)
@@ -391,3 +391,18 @@ def clip_by_global_norm_(params: list[torch.Tensor], max_norm: float) -> torch.T
     scale = torch.clamp(max_norm / norm, max=1.0)  # exactly 1 (no change) when norm < max_norm
     torch._foreach_mul_(grads, scale)
     return norm
+
+
+def _leave_process_group() -> None:
+    """At exit: wait for every rank, then destroy the process group. Destroying it while another
+    rank is still writing its last messages can abort a gloo rank in its threads after the work
+    is done ("terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return
+    try:
+        dist.barrier()
+    except Exception:  # a rank that died: torchrun reports it; nothing is left to wait for
+        pass
+    dist.destroy_process_group()

@@ -183,11 +183,15 @@ class ProbeSettings:
 
 
 CPU_PROBE = ProbeSettings(n=1024, repeats=15, min_time_s=0.25)
-"""The CPU peak's probe, about 4 s: the best of more, longer repeats is likelier to catch the
-machine undisturbed than the old 5 x 0.2 s. Neither holds still on a busy machine (on this
-project's shared 2 cores at load average 11-13, both spread by 46-128% from run to run:
-benchmarks/cpu/cpu_peak_probe.json), since a probe measures the share of the CPU it gets; what
-holds MFU still is that the result is cached per machine (trainbench.peakcache)."""
+"""The CPU peak's probe, about 4 s, run once per machine (the result is cached:
+trainbench.peakcache). Measured on this project's shared 2-core machine, quiet: run-to-run spread
+(max - min) / median over 6 rounds of 3.4% (torch), 5.1% (jax) and 13.9% (NumPy); a 10 s probe
+(40 windows) did no better (4.9%, 3.1%, 15.2%: benchmarks/cpu/cpu_peak_probe_40x.json). The
+machine itself moves: within one process every framework's rate swings by 6-19% over 10 s
+(benchmarks/cpu/cpu_peak_trace.json), and NumPy's OpenBLAS runs at ~170 or ~200 GFLOP/s in
+phases of tens of seconds. On a busy machine no probe holds still (at load average 11-13 the
+spread was 62-103%: benchmarks/cpu/cpu_peak_probe.json), since a probe measures the share of the
+CPU it gets; what holds MFU still is the cache."""
 
 ACCELERATOR_PROBE = ProbeSettings(n=8192, repeats=10, min_time_s=0.1)
 """A GPU's MAMF probe: products large enough to saturate the device."""
