@@ -13,7 +13,8 @@ import jax.numpy as jnp
 from trainbench import ops
 import functools
 
-from trainbench.backends.jax.attention import (CPU_QUERY_BLOCK, MAX_BLOCKS, QUERY_BLOCK,
+from trainbench.backends.jax.attention import (CPU_MAX_BLOCKS, CPU_QUERY_BLOCK, MAX_BLOCKS,
+                                               QUERY_BLOCK,
                                                jax_attention, query_block, select,
                                                xla_attention)
 
@@ -24,12 +25,14 @@ from conftest import attention_inputs, check_jax_attention_fp32
 SHAPES = [(2, 40, 4, 2, 16), (1, 2 * QUERY_BLOCK, 4, 1, 8), (1, 2 * QUERY_BLOCK + 44, 2, 2, 16)]
 
 
-@pytest.mark.parametrize("smallest", [QUERY_BLOCK, CPU_QUERY_BLOCK])
+@pytest.mark.parametrize("smallest, max_blocks", [(QUERY_BLOCK, MAX_BLOCKS),
+                                                  (CPU_QUERY_BLOCK, MAX_BLOCKS),
+                                                  (CPU_QUERY_BLOCK, CPU_MAX_BLOCKS)])
 @pytest.mark.parametrize("B, T, Hq, Hkv, D", SHAPES)
-def test_forward_and_backward_match_the_reference_fp32(B, T, Hq, Hkv, D, smallest):
+def test_forward_and_backward_match_the_reference_fp32(B, T, Hq, Hkv, D, smallest, max_blocks):
     # float32, another summation order than NumPy's; with the CPU's smaller blocks the shapes
-    # span 1, 4 and 5 (ragged) blocks
-    fn = functools.partial(xla_attention, smallest_block=smallest)
+    # span 1, 4 and 5 (ragged) blocks, and with its block limit 1, 4 and 3 (ragged, of 128)
+    fn = functools.partial(xla_attention, smallest_block=smallest, max_blocks=max_blocks)
     check_jax_attention_fp32(jax.jit(fn), *attention_inputs(B, T, Hq, Hkv, D))
 
 
@@ -42,13 +45,19 @@ def test_jax_choice_matches_the_reference_fp32(B, T, Hq, Hkv, D):
 
 def test_the_cpu_takes_smaller_query_blocks_than_accelerators():
     on_cpu = select("xla", "cpu", jnp.float32, "cpu", 128)
-    assert on_cpu.keywords == {"smallest_block": CPU_QUERY_BLOCK} and on_cpu.func is xla_attention
+    assert on_cpu.keywords == {"smallest_block": CPU_QUERY_BLOCK, "max_blocks": CPU_MAX_BLOCKS}
+    assert on_cpu.func is xla_attention
     assert select("xla", "tpu", jnp.bfloat16, "TPU v5 lite", 128) is xla_attention
     assert select("xla", "gpu", jnp.bfloat16, "NVIDIA H100", 128) is xla_attention
     # T=256: 4 blocks of 64 (5/8 of the square) instead of 2 of 128 (3/4)
     shape = jax.ShapeDtypeStruct((1, 256, 2, 4), jnp.float32)
     assert len(_dots(on_cpu, shape, shape, shape)) == 2 * 4
     assert query_block(1024, CPU_QUERY_BLOCK) == 128  # at most MAX_BLOCKS blocks
+    # the CPU's own limit: T=512 in 4 blocks of 128, T=1024 in 4 of 256
+    assert query_block(512, CPU_QUERY_BLOCK, CPU_MAX_BLOCKS) == 128
+    assert query_block(1024, CPU_QUERY_BLOCK, CPU_MAX_BLOCKS) == 256
+    shape = jax.ShapeDtypeStruct((1, 512, 2, 4), jnp.float32)
+    assert len(_dots(on_cpu, shape, shape, shape)) == 2 * CPU_MAX_BLOCKS
 
 
 def _dots(fn, *args):

@@ -42,15 +42,21 @@ of scripts/bench_jax_attention.py, benchmarks/cpu/jax_attention_blocks_quiet.jso
 took 0.58x of its time at T=128, 0.71x at 256, 0.60x at 512 and 0.47x at 1024, where blocks of
 128 took 0.96x, 0.92x, 0.64x and 0.45x; blocks of 32 were no faster."""
 
+CPU_MAX_BLOCKS = 4
+"""Most query blocks on the CPU. In whole training steps (model=small, fp32, 2048 tokens, 2
+cores) 4 blocks of 128 at T=512 took 3-4.5% less time than 8 of 64 (two runs of 6-8 interleaved
+rounds), while at T=256 (4 blocks of 64 either way, or 2 of 128) and T=1024 (4 of 256 against 8
+of 128) the step times were level: each block is a few more XLA:CPU ops, not just FLOPs."""
+
 MAX_BLOCKS = 8
 """Most query blocks: beyond 8 smallest blocks, blocks grow instead, so the number of
 products (and compile time) stays bounded at long sequences; 8 blocks do 9/16 of the square."""
 
 
-def query_block(T: int, smallest: int = QUERY_BLOCK) -> int:
+def query_block(T: int, smallest: int = QUERY_BLOCK, max_blocks: int = MAX_BLOCKS) -> int:
     """Queries per block at sequence length T: `smallest`, or a multiple of it that keeps the
-    block count at most MAX_BLOCKS."""
-    return smallest * math.ceil(math.ceil(T / smallest) / MAX_BLOCKS)
+    block count at most `max_blocks`."""
+    return smallest * math.ceil(math.ceil(T / smallest) / max_blocks)
 
 
 def _causal_block(qg: jax.Array, k: jax.Array, v: jax.Array, start: int,
@@ -71,10 +77,10 @@ def _causal_block(qg: jax.Array, k: jax.Array, v: jax.Array, start: int,
 
 
 def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array,
-                  smallest_block: int = QUERY_BLOCK) -> jax.Array:
+                  smallest_block: int = QUERY_BLOCK, max_blocks: int = MAX_BLOCKS) -> jax.Array:
     """Scores and softmax in float32, products with inputs in q's dtype.
 
-    Queries go in blocks (query_block(T, smallest_block)), each against only the keys up to its last position,
+    Queries go in blocks (query_block(T, smallest_block, max_blocks)), each against only the keys up to its last position,
     so the masked upper triangle is mostly never computed: with n blocks the score and value
     products shrink to (n + 1) / 2n of the full square. Each row's softmax still sees every
     key it may see, so the result is the unblocked one. K/V heads are shared by their query
@@ -84,7 +90,7 @@ def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array,
     Hkv = k.shape[2]
     qg = q.reshape(B, T, Hkv, Hq // Hkv, D)  # (B, T, Hkv, G, D)
     scale = 1.0 / math.sqrt(D)
-    C = query_block(T, smallest_block)
+    C = query_block(T, smallest_block, max_blocks)
     blocks = [_causal_block(qg[:, start:start + C], k[:, :start + C], v[:, :start + C], start,
                             scale)
               for start in range(0, T, C)]
@@ -147,7 +153,8 @@ def select(name: str, platform: str, compute_dtype: Any, device_kind: str,
     a ConfigError saying why it cannot run there."""
     if name == "xla":
         if platform == "cpu":
-            return functools.partial(xla_attention, smallest_block=CPU_QUERY_BLOCK)
+            return functools.partial(xla_attention, smallest_block=CPU_QUERY_BLOCK,
+                                     max_blocks=CPU_MAX_BLOCKS)
         return xla_attention
     if name == "jax":
         return jax_attention
