@@ -140,6 +140,9 @@ def test_tensor_parallel_2_matches_one_process(tmp_path):
     # of the vocabulary of the embedding
     assert run["local_shapes"]["layers.0.wq"] == [32, 64]
     assert run["local_shapes"]["embed"] == [128, 64]
+    # a plain tensor, not the AsyncCollectiveTensor of the embedding's async reduce-scatter
+    # (which a compiled first block cannot take)
+    assert run["first_block_input"] == "Tensor"
     _assert_fp32_match(run, _one_process())
 
 
@@ -230,6 +233,9 @@ def _rank_main(parallel: str, tp: int, precision: str, kernels: str, compile: bo
     seen = []  # the dtype wq's weight has while its forward runs (FSDP2: the gathered copy)
     backend.model.layers[0].wq.register_forward_pre_hook(
         lambda module, args: seen.append(str(module.weight.dtype)))
+    first_block_input = []  # under TP: the embedding's reduce-scattered rows, waited for
+    backend.model.layers[0].register_forward_pre_hook(
+        lambda module, args: first_block_input.append(type(args[0]).__name__))
     backend.loss_and_grads(data.SyntheticTokens(TINY.vocab, BATCH, SEQ, seed=0).batch(0))
     if backend.rank == 0:
         out = {key: ({k: v.tolist() for k, v in value.items()} if isinstance(value, dict)
@@ -237,7 +243,7 @@ def _rank_main(parallel: str, tp: int, precision: str, kernels: str, compile: bo
         device = backend.device()
         out.update(mesh=device.extra["mesh"], count=device.count, local_shapes=local,
                    ops=backend.backend_cfg.op_choices(),
-                   forward_weight_dtype=seen[0],
+                   forward_weight_dtype=seen[0], first_block_input=first_block_input[0],
                    compiled_graphs=counters["stats"]["unique_graphs"],
                    graph_breaks=sum(counters["graph_break"].values()),
                    master_dtypes=sorted({str(p.dtype) for p in names.values()}))

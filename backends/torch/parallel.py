@@ -84,15 +84,16 @@ def apply_tp(model: nn.Module, tp_mesh: DeviceMesh) -> None:
 
     # the token lookup: vocab-split table, partial rows reduce-scattered onto the sequence split
     plan = {"embed": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1))}
-    # That reduce-scatter is asynchronous: its output is an AsyncCollectiveTensor, a tensor
-    # subclass. A torch.compile'd first block cannot take one: its backward hands the
-    # embedding's redistribute a plain gradient where a DTensor belongs (torch 2.13: "'Tensor'
-    # object has no attribute '_local_tensor'"). One copy waits for it and passes a plain tensor.
-    model.embed.register_forward_hook(_wait_for_collective)
     if model.lm_head is not None:  # never called as a module (head_weight()): this only splits
         plan["lm_head"] = ColwiseParallel()  # its [V, d] weight over the vocabulary, Shard(0)
     plan.update(norm_then_gather("final_norm"))
     _parallelize(model, tp_mesh, plan)
+    # That reduce-scatter is asynchronous: its output is an AsyncCollectiveTensor, a tensor
+    # subclass. A torch.compile'd first block cannot take one: its backward hands the
+    # embedding's redistribute a plain gradient where a DTensor belongs (torch 2.13: "'Tensor'
+    # object has no attribute '_local_tensor'"). A copy waits for it and passes a plain tensor;
+    # registered after the plan's own hooks, so it runs after them, on their output.
+    model.embed.register_forward_hook(_wait_for_collective)
     for block in model.layers:
         layer_plan: dict[str, object] = {
             "wq": ColwiseParallel(), "wk": ColwiseParallel(), "wv": ColwiseParallel(),
