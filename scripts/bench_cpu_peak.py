@@ -4,9 +4,9 @@
     python scripts/bench_cpu_peak.py --frameworks torch --rounds 8 --json peak.json
     python scripts/bench_cpu_peak.py --trace 10 --rounds 3           # rate over time, per process
 
-Each round runs the old probe (best of 5 x 0.2 s) and trainbench's CPU probe
-(trainbench.hardware.CPU_PROBE) once per framework, interleaved, on the same 1024 x 1024 float32
-matmul each backend uses. Per probe it prints the median peak over rounds and the run-to-run
+Each round runs the old probe (best of 5 x 0.2 s of 1024 x 1024 products) and trainbench's CPU
+probe (trainbench.hardware.CPU_PROBE, 1024 x 1024, for torch and jax; NUMPY_PROBE, 2048 x 2048,
+for numpy) once per framework, interleaved, on the float32 matmul each backend's probe uses. Per probe it prints the median peak over rounds and the run-to-run
 spread, (max - min) / median of the rounds' peaks. The JSON keeps every round, the load
 average and the core count: on a shared machine a probe measures the share of the CPU it gets,
 which is why trainbench caches the peak per machine (trainbench.peakcache).
@@ -62,6 +62,11 @@ def jax_product(n: int) -> Callable[[], object]:
 PRODUCTS = {"numpy": numpy_product, "torch": torch_product, "jax": jax_product}
 
 
+def trainbench_probe(framework: str) -> hardware.ProbeSettings:
+    """The probe trainbench runs for `framework`'s CPU peak (NumPy's products are larger)."""
+    return hardware.NUMPY_PROBE if framework == "numpy" else hardware.CPU_PROBE
+
+
 def run_to_run(peaks: list[float]) -> dict[str, float]:
     """Median of the rounds' peaks and their spread, (max - min) / median."""
     median = statistics.median(peaks)
@@ -83,22 +88,25 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     if args.trace is not None:
         return trace(args, argv)
-    probes = {"old": OLD_PROBE, "trainbench": hardware.CPU_PROBE}
-    products = {f: PRODUCTS[f](hardware.CPU_PROBE.n) for f in args.frameworks}
-    rounds: dict[str, dict[str, list[float]]] = {f: {p: [] for p in probes} for f in products}
+    probes = {f: {"old": OLD_PROBE, "trainbench": trainbench_probe(f)} for f in args.frameworks}
+    products = {(f, p.n): PRODUCTS[f](p.n) for f in args.frameworks for p in probes[f].values()}
+    rounds: dict[str, dict[str, list[float]]] = {f: {p: [] for p in probes[f]}
+                                                 for f in args.frameworks}
     load_start = list(os.getloadavg())
     for r in range(args.rounds):
-        for framework, product in products.items():
-            for name, probe in probes.items():
-                peak = hardware.measured_peak(product, probe, "float32", framework, "matmul")
+        for framework in args.frameworks:
+            for name, probe in probes[framework].items():
+                peak = hardware.measured_peak(products[(framework, probe.n)], probe, "float32",
+                                              framework, "matmul")
                 rounds[framework][name].append(peak.flops_per_s)
         print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
     summary = {f: {p: run_to_run(v) for p, v in by_probe.items()}
                for f, by_probe in rounds.items()}
     for framework, by_probe in summary.items():
         for name, s in by_probe.items():
-            settings = probes[name]
-            print(f"{framework:6} {name:10} probe ({settings.repeats} x {settings.min_time_s:g} s):"
+            settings = probes[framework][name]
+            print(f"{framework:6} {name:10} probe ({settings.repeats} x {settings.min_time_s:g} s, "
+                  f"n={settings.n}):"
                   f" median {s['median'] / 1e9:7.1f} GFLOP/s, run-to-run spread "
                   f"{100 * s['spread']:5.1f}%")
     load_end = list(os.getloadavg())
@@ -112,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "cpu": hardware.cpu_name(), "cpu_count": os.cpu_count(),
             "load_avg_start": load_start, "load_avg_end": load_end,
-            "probes": {k: dataclasses.asdict(v) for k, v in probes.items()},
+            "probes": {f: {k: dataclasses.asdict(v) for k, v in by_name.items()}
+                       for f, by_name in probes.items()},
             "rounds_flops_per_s": rounds, "summary": summary}, indent=2))
     return 0
 
@@ -122,15 +131,15 @@ TRACE_WINDOW_S = 0.25
 
 def trace(args: argparse.Namespace, argv: list[str] | None) -> int:
     """--trace: consecutive windows' rates within one process, per framework and round."""
-    window = hardware.ProbeSettings(n=hardware.CPU_PROBE.n,
-                                    repeats=max(2, round(args.trace / TRACE_WINDOW_S)),
-                                    min_time_s=TRACE_WINDOW_S)
-    products = {f: PRODUCTS[f](window.n) for f in args.frameworks}
+    windows = {f: hardware.ProbeSettings(n=trainbench_probe(f).n,
+                                         repeats=max(2, round(args.trace / TRACE_WINDOW_S)),
+                                         min_time_s=TRACE_WINDOW_S) for f in args.frameworks}
+    products = {f: PRODUCTS[f](windows[f].n) for f in args.frameworks}
     traces: dict[str, list[list[float]]] = {f: [] for f in products}
     load_start = list(os.getloadavg())
     for r in range(args.rounds):
         for framework, product in products.items():
-            rates = hardware.matmul_rates(product, window)
+            rates = hardware.matmul_rates(product, windows[framework])
             traces[framework].append(rates)
             s = run_to_run(rates)
             print(f"{framework:6} round {r + 1}: {len(rates)} windows, "
@@ -149,7 +158,8 @@ def trace(args: argparse.Namespace, argv: list[str] | None) -> int:
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "cpu": hardware.cpu_name(), "cpu_count": os.cpu_count(),
             "load_avg_start": load_start, "load_avg_end": load_end,
-            "window": dataclasses.asdict(window), "traces_flops_per_s": traces}, indent=2))
+            "windows": {f: dataclasses.asdict(w) for f, w in windows.items()},
+            "traces_flops_per_s": traces}, indent=2))
     return 0
 
 

@@ -157,3 +157,10 @@ def test_cpu_probe_rejects_bad_arguments(kwargs, message):
 
 def test_cpu_name_is_a_nonempty_string():
     assert isinstance(hardware.cpu_name(), str) and hardware.cpu_name().strip()
+
+
+def test_numpy_takes_its_own_larger_probe_by_default(monkeypatch):
+    # NumPy's OpenBLAS ran at two speeds at 1024 on the project's machine, steadily at 2048
+    assert hardware.NUMPY_PROBE.n == 2048 and hardware.CPU_PROBE.n == 1024
+    monkeypatch.setattr(hardware, "NUMPY_PROBE", SMALL_PROBE)  # read at call time
+    assert hardware.measure_cpu_matmul_peak("float32").probe["n"] == 256

@@ -183,15 +183,20 @@ class ProbeSettings:
 
 
 CPU_PROBE = ProbeSettings(n=1024, repeats=15, min_time_s=0.25)
-"""The CPU peak's probe, about 4 s, run once per machine (the result is cached:
-trainbench.peakcache). Measured on this project's shared 2-core machine, quiet: run-to-run spread
-(max - min) / median over 6 rounds of 3.4% (torch), 5.1% (jax) and 13.9% (NumPy); a 10 s probe
-(40 windows) did no better (4.9%, 3.1%, 15.2%: benchmarks/cpu/cpu_peak_probe_40x.json). The
-machine itself moves: within one process every framework's rate swings by 6-19% over 10 s
-(benchmarks/cpu/cpu_peak_trace.json), and NumPy's OpenBLAS runs at ~170 or ~200 GFLOP/s in
-phases of tens of seconds. On a busy machine no probe holds still (at load average 11-13 the
-spread was 62-103%: benchmarks/cpu/cpu_peak_probe.json), since a probe measures the share of the
-CPU it gets; what holds MFU still is the cache."""
+"""The CPU peak's probe for torch and jax, about 4 s, run once per machine (the result is
+cached: trainbench.peakcache). Measured on this project's shared 2-core machine, quiet:
+run-to-run spread (max - min) / median over 6 rounds of 3.4% (torch) and 5.1% (jax); a 10 s
+probe did no better (4.9%, 3.1%: benchmarks/cpu/cpu_peak_probe_40x.json). The machine itself
+moves: within one process every framework's rate swings by 6-19% over 10 s
+(benchmarks/cpu/cpu_peak_trace.json). On a busy machine no probe holds still (at load average
+11-13 the spread was 62-103%: benchmarks/cpu/cpu_peak_probe.json), since a probe measures the
+share of the CPU it gets; what holds MFU still is the cache."""
+
+NUMPY_PROBE = ProbeSettings(n=2048, repeats=15, min_time_s=0.25)
+"""The CPU peak's probe for NumPy (the reference backend, and any backend without a probe of its
+own): 2048 x 2048 products. At 1024, NumPy's OpenBLAS ran at two speeds on this machine, ~175 or
+~200 GFLOP/s (at 512: ~145 or ~200), for whole rounds, most often the slow one in a process
+that loads NumPy alone; at 2048 the same rounds ran at 194-204 (benchmarks/cpu/README.md)."""
 
 ACCELERATOR_PROBE = ProbeSettings(n=8192, repeats=10, min_time_s=0.1)
 """A GPU's MAMF probe: products large enough to saturate the device."""
@@ -242,8 +247,10 @@ def measured_peak(product: Callable[[], object], probe: ProbeSettings, dtype: st
 
 
 def measure_cpu_matmul_peak(dtype: str = "float32",
-                            probe: ProbeSettings = CPU_PROBE) -> PeakInfo:
-    """Achievable CPU matmul FLOP/s of NumPy: the best repeat of `probe` (see measured_peak)."""
+                            probe: ProbeSettings | None = None) -> PeakInfo:
+    """Achievable CPU matmul FLOP/s of NumPy: the best repeat of `probe` (NUMPY_PROBE when None;
+    see measured_peak)."""
+    probe = NUMPY_PROBE if probe is None else probe
     # Named explicitly: whether NumPy knows "bfloat16" depends on whether ml_dtypes was imported.
     if dtype not in ("float64", "float32", "float16"):
         raise ConfigError(f"dtype={dtype!r} cannot be measured by the CPU probe (NumPy matmul); "
