@@ -109,21 +109,29 @@ def main(argv: list[str] | None = None) -> int:
                   f"n={settings.n}):"
                   f" median {s['median'] / 1e9:7.1f} GFLOP/s, run-to-run spread "
                   f"{100 * s['spread']:5.1f}%")
+    finish(args.json, argv, "trainbench.bench_cpu_peak/1", load_start,
+           probes={f: {k: dataclasses.asdict(v) for k, v in by_name.items()}
+                   for f, by_name in probes.items()},
+           rounds_flops_per_s=rounds, summary=summary)
+    return 0
+
+
+def finish(path: str | None, argv: list[str] | None, schema: str, load_start: list[float],
+           **results: object) -> None:
+    """Print the load average over the run; write `results` to the JSON file `path` (if any)
+    with the command, the time, the machine and the load average."""
     load_end = list(os.getloadavg())
     print(f"load average {load_start[0]:.1f} -> {load_end[0]:.1f} on {os.cpu_count()} cores")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({
-            "schema": "trainbench.bench_cpu_peak/1",
-            "command": "python scripts/bench_cpu_peak.py " + " ".join(
-                sys.argv[1:] if argv is None else argv),
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "cpu": hardware.cpu_name(), "cpu_count": os.cpu_count(),
-            "load_avg_start": load_start, "load_avg_end": load_end,
-            "probes": {f: {k: dataclasses.asdict(v) for k, v in by_name.items()}
-                       for f, by_name in probes.items()},
-            "rounds_flops_per_s": rounds, "summary": summary}, indent=2))
-    return 0
+    if not path:
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps({
+        "schema": schema,
+        "command": "python scripts/bench_cpu_peak.py " + " ".join(
+            sys.argv[1:] if argv is None else argv),
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "cpu": hardware.cpu_name(), "cpu_count": os.cpu_count(),
+        "load_avg_start": load_start, "load_avg_end": load_end, **results}, indent=2))
 
 
 TRACE_WINDOW_S = 0.25
@@ -147,19 +155,9 @@ def trace(args: argparse.Namespace, argv: list[str] | None) -> int:
                   f"process {100 * s['spread']:5.1f}%; first half's best "
                   f"{max(rates[:len(rates) // 2]) / 1e9:6.1f}, second half's "
                   f"{max(rates[len(rates) // 2:]) / 1e9:6.1f}", flush=True)
-    load_end = list(os.getloadavg())
-    print(f"load average {load_start[0]:.1f} -> {load_end[0]:.1f} on {os.cpu_count()} cores")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({
-            "schema": "trainbench.bench_cpu_peak.trace/1",
-            "command": "python scripts/bench_cpu_peak.py " + " ".join(
-                sys.argv[1:] if argv is None else argv),
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "cpu": hardware.cpu_name(), "cpu_count": os.cpu_count(),
-            "load_avg_start": load_start, "load_avg_end": load_end,
-            "windows": {f: dataclasses.asdict(w) for f, w in windows.items()},
-            "traces_flops_per_s": traces}, indent=2))
+    finish(args.json, argv, "trainbench.bench_cpu_peak.trace/1", load_start,
+           windows={f: dataclasses.asdict(w) for f, w in windows.items()},
+           traces_flops_per_s=traces)
     return 0
 
 
