@@ -6,8 +6,9 @@
 
 Each round runs the old probe (best of 5 x 0.2 s of 1024 x 1024 products) and trainbench's CPU
 probe (trainbench.hardware.CPU_PROBE, 1024 x 1024, for torch and jax; NUMPY_PROBE, 2048 x 2048,
-for numpy) once per framework, interleaved, on the float32 matmul each backend's probe uses. Per probe it prints the median peak over rounds and the run-to-run
-spread, (max - min) / median of the rounds' peaks. The JSON keeps every round, the load
+for numpy) once per framework, interleaved, on the float32 matmul each backend's probe uses.
+Per probe it prints the median peak over rounds and the run-to-run spread, (max - min) / median
+of the rounds' peaks. The JSON keeps every round, the load
 average and the core count: on a shared machine a probe measures the share of the CPU it gets,
 which is why trainbench caches the peak per machine (trainbench.peakcache).
 

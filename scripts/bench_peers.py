@@ -71,8 +71,8 @@ def trainbench_loop(backend_name: str, overrides: dict[str, Any], args: argparse
     backend_cfg = cls.config_class(name=backend_name, **overrides)
     backend = cls(backend_cfg, cfg, TB_PRECISIONS[args.precision], OptimConfig(), total_steps)
     backend.setup(model.init_params(cfg, seed=0))
-    label = backend_name + (" compiled" if overrides.get("compile") else "") + "".join(
-        f" {k}={v}" for k, v in overrides.items() if k == "attention")
+    label = (backend_name + (" compiled" if overrides.get("compile") else "")
+             + (f" attention={overrides['attention']}" if "attention" in overrides else ""))
     return Contestant(f"trainbench {label}", backend.train_step, backend.synchronize)
 
 

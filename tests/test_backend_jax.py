@@ -137,7 +137,8 @@ def test_steps_must_run_in_order():
 
 @pytest.mark.parametrize("fields, message", [
     ({"attention": "cudnn"}, "attention=cudnn needs an NVIDIA GPU; this run is on cpu"),
-    ({"attention": "flash"}, "attention='flash' is not known; choose one of: xla, jax, cudnn, pallas"),
+    ({"attention": "flash"},
+     "attention='flash' is not known; choose one of: xla, jax, cudnn, pallas"),
     ({"attention": "pallas", "flash_block_size": 12}, "flash_block_size=12 must be a positive"),
     ({"data_parallel": 3}, "data_parallel=3 x backend.fsdp=1 must be between 1 and"),
     ({"fsdp": 2}, "fsdp=2 must be between 1 and the device count 1"),

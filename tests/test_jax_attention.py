@@ -14,8 +14,7 @@ from trainbench import ops
 import functools
 
 from trainbench.backends.jax.attention import (CPU_MAX_BLOCKS, CPU_QUERY_BLOCK, MAX_BLOCKS,
-                                               QUERY_BLOCK,
-                                               jax_attention, query_block, select,
+                                               QUERY_BLOCK, jax_attention, query_block, select,
                                                xla_attention)
 
 from conftest import attention_inputs, check_jax_attention_fp32

@@ -108,8 +108,8 @@ def _torchrun(nproc: int, parallel: str, tp: int, precision: str, tmp_path,
         env["TRITON_INTERPRET"] = "1"  # Triton on the CPU: its interpreter
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                            "--nproc_per_node", str(nproc), __file__, parallel, str(tp),
-                           precision, kernels, str(int(compile))], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=600)
+                           precision, kernels, str(int(compile))], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     [line] = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     return json.loads(line)

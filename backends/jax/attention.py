@@ -80,11 +80,11 @@ def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array,
                   smallest_block: int = QUERY_BLOCK, max_blocks: int = MAX_BLOCKS) -> jax.Array:
     """Scores and softmax in float32, products with inputs in q's dtype.
 
-    Queries go in blocks (query_block(T, smallest_block, max_blocks)), each against only the keys up to its last position,
-    so the masked upper triangle is mostly never computed: with n blocks the score and value
-    products shrink to (n + 1) / 2n of the full square. Each row's softmax still sees every
-    key it may see, so the result is the unblocked one. K/V heads are shared by their query
-    group through the einsum, never repeated.
+    Queries go in blocks (query_block(T, smallest_block, max_blocks)), each against only the
+    keys up to its last position, so the masked upper triangle is mostly never computed: with n
+    blocks the score and value products shrink to (n + 1) / 2n of the full square. Each row's
+    softmax still sees every key it may see, so the result is the unblocked one. K/V heads are
+    shared by their query group through the einsum, never repeated.
     """
     B, T, Hq, D = q.shape
     Hkv = k.shape[2]

@@ -31,8 +31,8 @@ class JaxConfig(BackendConfig):
     name: str = "jax"
     attention: str = "xla"
     """xla (trainbench's blocked causal attention) | jax (jax.nn.dot_product_attention, as a
-    plain JAX loop calls it) | cudnn (NVIDIA GPUs, bf16) | pallas (trainbench's TPU kernel) | splash (JAX's splash
-    attention, TPU); the TPU kernels are interpreted on the CPU."""
+    plain JAX loop calls it) | cudnn (NVIDIA GPUs, bf16) | pallas (trainbench's TPU kernel) |
+    splash (JAX's splash attention, TPU); the TPU kernels are interpreted on the CPU."""
     remat: bool = False
     """Recompute each block in the backward pass instead of storing its activations."""
     scan_layers: bool = False
